@@ -1,0 +1,302 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/sdkata/queue-worker/internal/build"
+	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/queue"
+	"github.com/sdkata/queue-worker/internal/weightage"
+)
+
+// Job classes of the builds queue.
+const (
+	ClassStart = "start"
+	ClassStop  = "stop"
+)
+
+// Executor is what the worker needs from the Kubernetes side.
+type Executor interface {
+	Start(ctx context.Context, b *build.Config, d weightage.Decision) (*executor.StartResult, error)
+	Stop(ctx context.Context, buildID int64) error
+}
+
+// ConfigStore is queue-service's buildConfigs hash.
+type ConfigStore interface {
+	Get(ctx context.Context, buildID int64) ([]byte, error)
+	Delete(ctx context.Context, buildID int64) error
+}
+
+// RulesSource returns the routing rules in force.
+type RulesSource interface {
+	Current() *weightage.Rules
+}
+
+// Retry bounds in-place retries of errors that may pass (API unreachable,
+// server errors, timeouts).
+type Retry struct {
+	MaxAttempts int
+	Delay       time.Duration
+}
+
+// Worker handles deliveries from the queue.
+type Worker struct {
+	exec    Executor
+	configs ConfigStore
+	rules   RulesSource
+	retry   Retry
+	log     *zap.Logger
+	metrics *Metrics
+}
+
+// New returns a worker. metrics may be nil.
+func New(exec Executor, configs ConfigStore, rules RulesSource, retry Retry, log *zap.Logger, metrics *Metrics) *Worker {
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	if retry.MaxAttempts < 1 {
+		retry.MaxAttempts = 1
+	}
+	return &Worker{exec: exec, configs: configs, rules: rules, retry: retry, log: log, metrics: metrics}
+}
+
+// permanentError is a failure no retry can fix; exception becomes the
+// failed-list entry's exception name.
+type permanentError struct {
+	exception string
+	err       error
+}
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+func permanent(exception string, err error) error {
+	return &permanentError{exception: exception, err: err}
+}
+
+// Handle works one job and settles it.
+func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
+	start := time.Now()
+	class := classLabel(d.Job.Class)
+	log := w.log.With(zap.String("class", d.Job.Class), zap.String("queue", d.Job.Queue))
+
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = w.dispatch(ctx, d.Job, log)
+		var perm *permanentError
+		if err == nil || errors.As(err, &perm) || attempt >= w.retry.MaxAttempts || ctx.Err() != nil {
+			break
+		}
+		log.Warn("job attempt failed; retrying", zap.Int("attempt", attempt), zap.Error(err))
+		if !sleep(ctx, w.retry.Delay) {
+			break
+		}
+	}
+	w.metrics.Duration.WithLabelValues(class).Observe(time.Since(start).Seconds())
+
+	if err == nil {
+		if aerr := d.Ack(ctx); aerr != nil {
+			log.Error("job done but ack failed; it will be redelivered (idempotent)", zap.Error(aerr))
+		}
+		w.metrics.Jobs.WithLabelValues(class, "succeeded").Inc()
+		return
+	}
+	if ctx.Err() != nil {
+		// Shutting down past the grace period: the job goes back, not to the failed list.
+		if rerr := d.Requeue(context.WithoutCancel(ctx)); rerr != nil {
+			log.Error("returning an interrupted job failed; it stays in flight", zap.Error(rerr))
+		}
+		w.metrics.Jobs.WithLabelValues(class, "requeued").Inc()
+		return
+	}
+	exception := "Error"
+	var perm *permanentError
+	if errors.As(err, &perm) {
+		exception = perm.exception
+	}
+	log.Error("job failed; writing it to the failed list", zap.String("reason", err.Error()), zap.String("exception", exception))
+	if ferr := d.Fail(ctx, exception, err); ferr != nil {
+		log.Error("writing the failed job failed; it stays in flight for recovery", zap.Error(ferr))
+	}
+	w.metrics.Jobs.WithLabelValues(class, "failed").Inc()
+}
+
+func (w *Worker) dispatch(ctx context.Context, j *queue.Job, log *zap.Logger) error {
+	switch j.Class {
+	case ClassStart:
+		return w.start(ctx, j, log)
+	case ClassStop:
+		return w.stop(ctx, j, log)
+	default:
+		// node-resque's own message for a class it has no job for.
+		//lint:ignore ST1005 resque tooling users know this exact wording
+		return permanent("Error", fmt.Errorf("No job defined for class %q", j.Class))
+	}
+}
+
+// buildConfig decodes args[0] and, for queue-service's ids-only form, loads
+// the full config from the buildConfigs hash. forStart: a missing hash entry
+// is fatal for start; stop can work from the ids alone.
+func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (*build.Config, error) {
+	payload, err := j.Payload()
+	if err != nil {
+		return nil, permanent("InvalidPayload", err)
+	}
+	args, err := build.Decode(payload)
+	if err != nil {
+		return nil, permanent("InvalidPayload", fmt.Errorf("decoding args[0]: %w", err))
+	}
+	if !args.IDsOnly() || args.BuildID <= 0 {
+		return args, nil
+	}
+	raw, err := w.configs.Get(ctx, args.BuildID)
+	switch {
+	case errors.Is(err, queue.ErrNoBuildConfig):
+		if !forStart {
+			return args, nil
+		}
+		return nil, permanent("MissingBuildConfig", err)
+	case err != nil:
+		return nil, err
+	}
+	full, err := build.Decode(raw)
+	if err != nil {
+		return nil, permanent("InvalidBuildConfig", fmt.Errorf("decoding buildConfigs entry of build %d: %w", args.BuildID, err))
+	}
+	full.MergeIDs(args)
+	return full, nil
+}
+
+func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error {
+	b, err := w.buildConfig(ctx, j, true)
+	if err != nil {
+		return err
+	}
+	if err := b.ValidateStart(); err != nil {
+		return permanent("InvalidPayload", err)
+	}
+	log = log.With(zap.Int64("build_id", b.BuildID), zap.Int64("job_id", b.JobID))
+	d := weightage.Route(RoutingInput(b), w.rules.Current())
+	if d.IgnoredExecutor != "" {
+		log.Warn("executor annotation names no known executor; routing by the other rules", zap.String("executor", d.IgnoredExecutor))
+	}
+	res, err := w.exec.Start(ctx, b, d)
+	if err != nil {
+		if executor.Permanent(err) {
+			return permanent("PodRejected", err)
+		}
+		return err
+	}
+	if res.Created {
+		w.metrics.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
+	}
+	log.Info("build started",
+		zap.String("runtime", string(res.Runtime)),
+		zap.String("rule", string(d.Rule)),
+		zap.String("matched_pattern", d.Pattern),
+		zap.Int("bucket", d.Bucket),
+		zap.String("pod", res.Pod.Name),
+		zap.Bool("created", res.Created))
+	return nil
+}
+
+func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) error {
+	b, err := w.buildConfig(ctx, j, false)
+	if err != nil {
+		return err
+	}
+	if err := b.ValidateStop(); err != nil {
+		return permanent("InvalidPayload", err)
+	}
+	log = log.With(zap.Int64("build_id", b.BuildID))
+	if b.Started != nil && !*b.Started {
+		log.Info("stop of a build that never started; nothing to delete")
+	} else if err := w.exec.Stop(ctx, b.BuildID); err != nil {
+		if executor.Permanent(err) {
+			return permanent("StopRejected", err)
+		}
+		return err
+	}
+	// queue-service's stop drops the build's config; we own that consumer role.
+	if err := w.configs.Delete(ctx, b.BuildID); err != nil {
+		log.Warn("build stopped but its buildConfigs entry could not be deleted", zap.Error(err))
+	}
+	log.Info("build stopped")
+	return nil
+}
+
+// RoutingInput extracts what routing looks at from a build config.
+func RoutingInput(b *build.Config) weightage.Build {
+	return weightage.Build{
+		BuildID:    b.BuildID,
+		JobID:      b.JobID,
+		PipelineID: b.StickyPipelineID(),
+		Image:      b.Container,
+		Executor:   b.AnnotationString("executor"),
+	}
+}
+
+// classLabel keeps the class metric label bounded.
+func classLabel(c string) string {
+	if c == ClassStart || c == ClassStop {
+		return c
+	}
+	return "other"
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Metrics are the worker's collectors.
+type Metrics struct {
+	Jobs      *prometheus.CounterVec
+	Decisions *prometheus.CounterVec
+	Duration  *prometheus.HistogramVec
+}
+
+// NewMetrics creates the collectors and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "jobs_total",
+			Help: "Jobs handled by class (start, stop, other) and outcome (succeeded, failed, requeued).",
+		}, []string{"class", "outcome"}),
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "routing_decisions_total",
+			Help: "Routing decisions that created a pod, by runtime and rule.",
+		}, []string{"runtime", "rule"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "queue_worker", Name: "job_duration_seconds",
+			Help:    "Time to handle one job, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"class"}),
+	}
+	for _, c := range []string{ClassStart, ClassStop, "other"} {
+		for _, o := range []string{"succeeded", "failed", "requeued"} {
+			m.Jobs.WithLabelValues(c, o)
+		}
+	}
+	for _, rt := range []weightage.Runtime{weightage.Kata, weightage.Hyperd} {
+		for _, r := range []weightage.Rule{weightage.RuleAnnotation, weightage.RuleExcluded, weightage.RuleWeighted, weightage.RuleDefault} {
+			m.Decisions.WithLabelValues(string(rt), string(r))
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.Jobs, m.Decisions, m.Duration)
+	}
+	return m
+}
