@@ -1,0 +1,270 @@
+package config
+
+import "time"
+
+// Config is the daemon's whole configuration. Where Screwdriver's
+// buildcluster-queue-worker or queue-service already has a key, the same path
+// is used (yaml tag) so operators' overlays and env names keep working; keys
+// of our own live under worker, routing, kubernetes, httpd and log.
+//
+// Optional numbers that must be told apart from zero are pointers.
+type Config struct {
+	Executor   Executor   `yaml:"executor" mapstructure:"executor"`
+	Ecosystem  Ecosystem  `yaml:"ecosystem" mapstructure:"ecosystem"`
+	Queue      Queue      `yaml:"queue" mapstructure:"queue"`
+	Worker     Worker     `yaml:"worker" mapstructure:"worker"`
+	Kubernetes Kubernetes `yaml:"kubernetes" mapstructure:"kubernetes"`
+	HTTPD      HTTPD      `yaml:"httpd" mapstructure:"httpd"`
+	Log        Log        `yaml:"log" mapstructure:"log"`
+
+	// sources records where each leaf key came from (see Sources); set by
+	// Load, nil for a Config built in code.
+	sources map[string]string
+}
+
+// Executor mirrors the reference's executor tree: k8s is the Kata path,
+// k8s-vm the HyperD path.
+type Executor struct {
+	// Plugin is the default executor when no rule decides: k8s|kata|k8s-vm|hyperd.
+	Plugin string `yaml:"plugin" mapstructure:"plugin"`
+	K8s    K8s    `yaml:"k8s" mapstructure:"k8s"`
+	K8sVM  K8sVM  `yaml:"k8s-vm" mapstructure:"k8s-vm"`
+}
+
+// K8s is the Kata-path executor.
+type K8s struct {
+	// Weightage is the percentage (0-100) of builds sent to Kata. Nil = unset.
+	Weightage *float64 `yaml:"weightage" mapstructure:"weightage"`
+	// Exclusion is the reference key (singular); Exclusions the plural the
+	// reference router read. Both are accepted and merged; images matching
+	// any (case-insensitive regex) go to hyperd.
+	Exclusion  []string   `yaml:"exclusion" mapstructure:"exclusion"`
+	Exclusions []string   `yaml:"exclusions" mapstructure:"exclusions"`
+	Options    K8sOptions `yaml:"options" mapstructure:"options"`
+}
+
+// K8sVM is the HyperD-path executor.
+type K8sVM struct {
+	// Weightage is the reference's relative weight of k8s-vm. When set, the
+	// Kata percentage is derived as k8s/(k8s+k8s-vm).
+	Weightage *float64     `yaml:"weightage" mapstructure:"weightage"`
+	Options   K8sVMOptions `yaml:"options" mapstructure:"options"`
+}
+
+// K8sOptions is executor.k8s.options. Launcher, prefix, breaker and retry
+// settings are shared by both executors (as in the reference).
+type K8sOptions struct {
+	Kubernetes    KataKubernetes `yaml:"kubernetes" mapstructure:"kubernetes"`
+	LaunchImage   string         `yaml:"launchImage" mapstructure:"launchImage"`
+	LaunchVersion string         `yaml:"launchVersion" mapstructure:"launchVersion"`
+	Prefix        string         `yaml:"prefix" mapstructure:"prefix"`
+	Fusebox       Fusebox        `yaml:"fusebox" mapstructure:"fusebox"`
+	RequestRetry  RequestRetry   `yaml:"requestretry" mapstructure:"requestretry"`
+	SDHabEnabled  bool           `yaml:"sdHabEnabled" mapstructure:"sdHabEnabled"`
+}
+
+// Fusebox holds the circuit-breaker settings (reference names).
+type Fusebox struct {
+	Breaker Breaker `yaml:"breaker" mapstructure:"breaker"`
+}
+
+// Breaker.Timeout is in milliseconds, as CIRCUIT_TIMEOUT in the reference.
+type Breaker struct {
+	Timeout int `yaml:"timeout" mapstructure:"timeout"`
+}
+
+// RequestRetry: delay in milliseconds and attempts, as REQUEST_RETRYDELAY / REQUEST_MAXATTEMPTS.
+type RequestRetry struct {
+	RetryDelay  int `yaml:"retryDelay" mapstructure:"retryDelay"`
+	MaxAttempts int `yaml:"maxAttempts" mapstructure:"maxAttempts"`
+}
+
+// PodCommon holds the pod settings both paths share.
+type PodCommon struct {
+	NodeSelectors          map[string]string `yaml:"nodeSelectors" mapstructure:"nodeSelectors"`
+	PreferredNodeSelectors map[string]string `yaml:"preferredNodeSelectors" mapstructure:"preferredNodeSelectors"`
+	// BuildTimeout and MaxBuildTimeout are minutes.
+	BuildTimeout    int `yaml:"buildTimeout" mapstructure:"buildTimeout"`
+	MaxBuildTimeout int `yaml:"maxBuildTimeout" mapstructure:"maxBuildTimeout"`
+}
+
+// KataKubernetes is executor.k8s.options.kubernetes.
+type KataKubernetes struct {
+	PodCommon                     `yaml:",inline" mapstructure:",squash"`
+	Host                          string            `yaml:"host" mapstructure:"host"`
+	Token                         string            `yaml:"token" mapstructure:"token"`
+	JobsNamespace                 string            `yaml:"jobsNamespace" mapstructure:"jobsNamespace"`
+	ServiceAccount                string            `yaml:"serviceAccount" mapstructure:"serviceAccount"`
+	AutomountServiceAccountToken  bool              `yaml:"automountServiceAccountToken" mapstructure:"automountServiceAccountToken"`
+	Privileged                    bool              `yaml:"privileged" mapstructure:"privileged"`
+	DockerFeatureEnabled          bool              `yaml:"dockerFeatureEnabled" mapstructure:"dockerFeatureEnabled"`
+	DNSPolicy                     string            `yaml:"dnsPolicy" mapstructure:"dnsPolicy"`
+	ImagePullPolicy               string            `yaml:"imagePullPolicy" mapstructure:"imagePullPolicy"`
+	Resources                     Resources         `yaml:"resources" mapstructure:"resources"`
+	TerminationGracePeriodSeconds int               `yaml:"terminationGracePeriodSeconds" mapstructure:"terminationGracePeriodSeconds"`
+	LifecycleHooks                map[string]any    `yaml:"lifecycleHooks" mapstructure:"lifecycleHooks"`
+	PodLabels                     map[string]string `yaml:"podLabels" mapstructure:"podLabels"`
+	Annotations                   map[string]string `yaml:"annotations" mapstructure:"annotations"`
+	RuntimeClass                  string            `yaml:"runtimeClass" mapstructure:"runtimeClass"`
+	ImagePullSecretName           string            `yaml:"imagePullSecretName" mapstructure:"imagePullSecretName"`
+	VolumeMounts                  []VolumeMount     `yaml:"volumeMounts" mapstructure:"volumeMounts"`
+	BuildSecrets                  []BuildSecret     `yaml:"buildSecrets" mapstructure:"buildSecrets"`
+	BuildSecretsFile              []BuildSecretFile `yaml:"buildSecretsFile" mapstructure:"buildSecretsFile"`
+}
+
+// K8sVMOptions is executor.k8s-vm.options.
+type K8sVMOptions struct {
+	Kubernetes VMKubernetes `yaml:"kubernetes" mapstructure:"kubernetes"`
+}
+
+// VMKubernetes is executor.k8s-vm.options.kubernetes.
+type VMKubernetes struct {
+	PodCommon `yaml:",inline" mapstructure:",squash"`
+	// BaseImage is the vm-launcher (hyper-runner) image.
+	BaseImage string      `yaml:"baseImage" mapstructure:"baseImage"`
+	Resources VMResources `yaml:"resources" mapstructure:"resources"`
+}
+
+// Resources are the tier tables: CPU in cores, memory in GB.
+type Resources struct {
+	CPU    Tiers `yaml:"cpu" mapstructure:"cpu"`
+	Memory Tiers `yaml:"memory" mapstructure:"memory"`
+	Disk   Disk  `yaml:"disk" mapstructure:"disk"`
+}
+
+// VMResources only carries the disk label keys on the HyperD path; CPU and
+// memory tiers are shared with the Kata path.
+type VMResources struct {
+	Disk Disk `yaml:"disk" mapstructure:"disk"`
+}
+
+// Tiers maps annotation tiers to quantities.
+type Tiers struct {
+	Micro float64 `yaml:"micro" mapstructure:"micro"`
+	Low   float64 `yaml:"low" mapstructure:"low"`
+	High  float64 `yaml:"high" mapstructure:"high"`
+	Turbo float64 `yaml:"turbo" mapstructure:"turbo"`
+	Max   float64 `yaml:"max" mapstructure:"max"`
+}
+
+// Disk holds node label keys used for the disk / diskSpeed annotations.
+type Disk struct {
+	Space string `yaml:"space" mapstructure:"space"`
+	Speed string `yaml:"speed" mapstructure:"speed"`
+}
+
+// VolumeMount is one entry of K8S_VOLUME_MOUNTS (a hostPath volume).
+type VolumeMount struct {
+	Name      string `yaml:"name" mapstructure:"name" json:"name"`
+	Path      string `yaml:"path" mapstructure:"path" json:"path"`
+	Type      string `yaml:"type" mapstructure:"type" json:"type"`
+	MountPath string `yaml:"mountPath" mapstructure:"mountPath" json:"mountPath"`
+	ReadOnly  bool   `yaml:"readOnly" mapstructure:"readOnly" json:"readOnly"`
+}
+
+// BuildSecret is one entry of K8S_SECRETS (env from a secret key).
+type BuildSecret struct {
+	SecretEnv  string `yaml:"secret_env" mapstructure:"secret_env" json:"secret_env"`
+	SecretName string `yaml:"secret_name" mapstructure:"secret_name" json:"secret_name"`
+	SecretKey  string `yaml:"secret_key" mapstructure:"secret_key" json:"secret_key"`
+}
+
+// BuildSecretFile is one entry of K8S_SECRETS_FILE (a secret volume).
+type BuildSecretFile struct {
+	Name       string `yaml:"name" mapstructure:"name" json:"name"`
+	MountPath  string `yaml:"mountPath" mapstructure:"mountPath" json:"mountPath"`
+	SecretName string `yaml:"secretName" mapstructure:"secretName" json:"secretName"`
+	ReadOnly   bool   `yaml:"readOnly" mapstructure:"readOnly" json:"readOnly"`
+}
+
+// Ecosystem holds the Screwdriver endpoints passed to the launcher.
+type Ecosystem struct {
+	UI             string `yaml:"ui" mapstructure:"ui"`
+	API            string `yaml:"api" mapstructure:"api"`
+	Store          string `yaml:"store" mapstructure:"store"`
+	PushgatewayURL string `yaml:"pushgatewayUrl" mapstructure:"pushgatewayUrl"`
+	Cache          Cache  `yaml:"cache" mapstructure:"cache"`
+}
+
+// Cache is ecosystem.cache (names as in the reference, snake_case included).
+type Cache struct {
+	Strategy     string `yaml:"strategy" mapstructure:"strategy"`
+	Path         string `yaml:"path" mapstructure:"path"`
+	Compress     bool   `yaml:"compress" mapstructure:"compress"`
+	MD5Check     bool   `yaml:"md5check" mapstructure:"md5check"`
+	MaxSizeMB    int    `yaml:"max_size_mb" mapstructure:"max_size_mb"`
+	MaxGoThreads int    `yaml:"max_go_threads" mapstructure:"max_go_threads"`
+}
+
+// Queue mirrors queue-service's queue section, plus our consumer settings.
+type Queue struct {
+	// ConnectionType is redis | redisCluster | redisSentinel.
+	ConnectionType         string                 `yaml:"connectionType" mapstructure:"connectionType"`
+	RedisConnection        RedisConnection        `yaml:"redisConnection" mapstructure:"redisConnection"`
+	RedisClusterConnection RedisClusterConnection `yaml:"redisClusterConnection" mapstructure:"redisClusterConnection"`
+	// Prefix is prepended to queue names and side keys (REDIS_QUEUE_PREFIX).
+	Prefix string `yaml:"prefix" mapstructure:"prefix"`
+	// Namespace overrides the resque namespace; empty = "resque", or
+	// "resque:{screwdriver-resque}" for redisCluster, as queue-service does.
+	Namespace string `yaml:"namespace" mapstructure:"namespace"`
+	// Queues are the queue names to consume, without the prefix.
+	Queues []string `yaml:"queues" mapstructure:"queues"`
+	// BlockTimeout bounds one blocking take, so shutdown is noticed promptly.
+	BlockTimeout time.Duration `yaml:"blockTimeout" mapstructure:"blockTimeout"`
+	// OperationTimeout bounds every non-blocking Redis call.
+	OperationTimeout time.Duration `yaml:"operationTimeout" mapstructure:"operationTimeout"`
+}
+
+// RedisConnection is queue.redisConnection.
+type RedisConnection struct {
+	Host     string       `yaml:"host" mapstructure:"host"`
+	Port     int          `yaml:"port" mapstructure:"port"`
+	Database int          `yaml:"database" mapstructure:"database"`
+	Options  RedisOptions `yaml:"options" mapstructure:"options"`
+}
+
+// RedisOptions is queue.redisConnection.options.
+type RedisOptions struct {
+	Password string `yaml:"password" mapstructure:"password"`
+	TLS      bool   `yaml:"tls" mapstructure:"tls"`
+}
+
+// RedisClusterConnection is queue.redisClusterConnection.
+type RedisClusterConnection struct {
+	Hosts []string `yaml:"hosts" mapstructure:"hosts"`
+	// SlotsRefreshTimeout is milliseconds, as in queue-service.
+	SlotsRefreshTimeout int `yaml:"slotsRefreshTimeout" mapstructure:"slotsRefreshTimeout"`
+	// MasterName selects Sentinel mode when ConnectionType is redisSentinel.
+	MasterName string `yaml:"masterName" mapstructure:"masterName"`
+}
+
+// Worker holds the consumer's own settings.
+type Worker struct {
+	// Concurrency is the number of jobs in flight per replica.
+	Concurrency int `yaml:"concurrency" mapstructure:"concurrency"`
+	// ShutdownGracePeriod is how long in-flight jobs may run after SIGTERM.
+	ShutdownGracePeriod time.Duration `yaml:"shutdownGracePeriod" mapstructure:"shutdownGracePeriod"`
+}
+
+// Kubernetes holds client settings. The endpoint/token overrides and the
+// namespace stay at the reference's executor.k8s.options.kubernetes keys.
+type Kubernetes struct {
+	// Kubeconfig is a kubeconfig path; empty = in-cluster config.
+	Kubeconfig string  `yaml:"kubeconfig" mapstructure:"kubeconfig"`
+	QPS        float64 `yaml:"qps" mapstructure:"qps"`
+	Burst      int     `yaml:"burst" mapstructure:"burst"`
+	// RequestTimeout bounds every API call.
+	RequestTimeout time.Duration `yaml:"requestTimeout" mapstructure:"requestTimeout"`
+}
+
+// HTTPD is the metrics/health listener.
+type HTTPD struct {
+	Host string `yaml:"host" mapstructure:"host"`
+	Port int    `yaml:"port" mapstructure:"port"`
+}
+
+// Log configures zap.
+type Log struct {
+	Level  string `yaml:"level" mapstructure:"level"`
+	Format string `yaml:"format" mapstructure:"format"`
+}

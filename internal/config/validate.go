@@ -1,0 +1,390 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Runtimes a build can be routed to.
+const (
+	RuntimeKata   = "kata"
+	RuntimeHyperD = "hyperd"
+)
+
+// Runtime maps an executor name, as used in executor.plugin and the
+// reference's annotation, to a runtime: k8s|kata -> kata, k8s-vm|hyperd -> hyperd.
+func (c *Config) Runtime(name string) (string, bool) {
+	switch name {
+	case "k8s", "kata":
+		return RuntimeKata, true
+	case "k8s-vm", "hyperd":
+		return RuntimeHyperD, true
+	}
+	return "", false
+}
+
+// DefaultRuntime is the runtime of executor.plugin (valid after Load).
+func (c *Config) DefaultRuntime() string {
+	r, _ := c.Runtime(c.Executor.Plugin)
+	return r
+}
+
+// ResqueNamespace is queue.namespace, or what queue-service uses: "resque",
+// with a hash tag on Redis Cluster so that all keys share a slot.
+func (c *Config) ResqueNamespace() string {
+	switch {
+	case c.Queue.Namespace != "":
+		return c.Queue.Namespace
+	case c.Queue.ConnectionType == "redisCluster":
+		return "resque:{screwdriver-resque}"
+	default:
+		return "resque"
+	}
+}
+
+// ExclusionPatterns is the union of executor.k8s.exclusion and
+// executor.k8s.exclusions, in order, without duplicates. The reference
+// shipped the singular key while its router read the plural, so both count.
+func (c *Config) ExclusionPatterns() []string {
+	var out []string
+	for _, p := range slices.Concat(c.Executor.K8s.Exclusion, c.Executor.K8s.Exclusions) {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ExclusionRegexps compiles ExclusionPatterns case-insensitively. It cannot
+// fail on a Config returned by Load.
+func (c *Config) ExclusionRegexps() ([]*regexp.Regexp, error) {
+	var out []*regexp.Regexp
+	for _, p := range c.ExclusionPatterns() {
+		re, err := regexp.Compile("(?i)" + p)
+		if err != nil {
+			return nil, fmt.Errorf("config: compiling exclusion pattern %q: %w", p, err)
+		}
+		out = append(out, re)
+	}
+	return out, nil
+}
+
+// Validate checks ranges and enumerations, reporting every problem (joined
+// *FieldErrors) rather than the first. Load calls it; call it again after
+// changing a Config in code.
+func (c *Config) Validate() error {
+	v := &validator{c: c}
+	v.executor()
+	v.kataPath()
+	v.vmPath()
+	v.ecosystem()
+	v.queue()
+	v.process()
+	return v.errs.err()
+}
+
+type validator struct {
+	c    *Config
+	errs fieldErrors
+}
+
+func (v *validator) fail(key, format string, args ...any) {
+	v.errs.add(key, v.source(key), fmt.Errorf(format, args...))
+}
+
+func (v *validator) source(key string) string {
+	if v.c.sources == nil {
+		return ""
+	}
+	if s := v.c.Source(key); s != "" {
+		return s
+	}
+	return sourceUnset
+}
+
+func (v *validator) oneOf(key, got string, allowed ...string) {
+	if !slices.Contains(allowed, got) {
+		v.fail(key, "%q is not one of %s", got, strings.Join(allowed, ", "))
+	}
+}
+
+func (v *validator) intRange(key string, got, lo, hi int) {
+	if got < lo || got > hi {
+		v.fail(key, "%d is out of range %d..%d", got, lo, hi)
+	}
+}
+
+func (v *validator) positiveInt(key string, got int) {
+	if got <= 0 {
+		v.fail(key, "must be greater than 0, got %d", got)
+	}
+}
+
+func (v *validator) nonNegativeInt(key string, got int) {
+	if got < 0 {
+		v.fail(key, "must not be negative, got %d", got)
+	}
+}
+
+func (v *validator) positiveDuration(key string, got time.Duration) {
+	if got <= 0 {
+		v.fail(key, "must be greater than 0, got %s", got)
+	}
+}
+
+func (v *validator) nonEmpty(key, got string) {
+	if got == "" {
+		v.fail(key, "must not be empty")
+	}
+}
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+func (v *validator) executor() {
+	e := v.c.Executor
+	v.oneOf("executor.plugin", e.Plugin, "k8s", "kata", "k8s-vm", "hyperd")
+
+	weight := func(key string, w *float64) bool {
+		switch {
+		case w == nil:
+			return false
+		case math.IsNaN(*w) || math.IsInf(*w, 0):
+			v.fail(key, "must be a finite number, got %s", formatFloat(*w))
+		case *w < 0:
+			v.fail(key, "must not be negative, got %s", formatFloat(*w))
+		default:
+			return true
+		}
+		return false
+	}
+	if weight("executor.k8s.weightage", e.K8s.Weightage) && e.K8sVM.Weightage == nil && *e.K8s.Weightage > 100 {
+		v.fail("executor.k8s.weightage",
+			"%s is above 100: with executor.k8s-vm.weightage unset it is the percentage of builds sent to Kata",
+			formatFloat(*e.K8s.Weightage))
+	}
+	weight("executor.k8s-vm.weightage", e.K8sVM.Weightage)
+
+	for i, p := range e.K8s.Exclusion {
+		v.pattern(indexKey("executor.k8s.exclusion", i), p)
+	}
+	for i, p := range e.K8s.Exclusions {
+		v.pattern(indexKey("executor.k8s.exclusions", i), p)
+	}
+}
+
+func (v *validator) pattern(key, p string) {
+	if p == "" {
+		v.fail(key, "empty pattern would match every image")
+		return
+	}
+	if _, err := regexp.Compile("(?i)" + p); err != nil {
+		// Report the operator's pattern, not our "(?i)"-prefixed one.
+		if _, perr := regexp.Compile(p); perr != nil {
+			err = perr
+		}
+		v.errs.add(key, v.source(key), fmt.Errorf("invalid regexp %q: %w", p, err))
+	}
+}
+
+func (v *validator) kataPath() {
+	const base = "executor.k8s.options"
+	o := v.c.Executor.K8s.Options
+	k := o.Kubernetes
+	kb := base + ".kubernetes"
+
+	v.oneOf(kb+".dnsPolicy", k.DNSPolicy, "ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
+	v.oneOf(kb+".imagePullPolicy", k.ImagePullPolicy, "Always", "IfNotPresent", "Never")
+	v.tiers(kb+".resources.cpu", k.Resources.CPU)
+	v.tiers(kb+".resources.memory", k.Resources.Memory)
+	v.podCommon(kb, k.PodCommon)
+	v.nonNegativeInt(kb+".terminationGracePeriodSeconds", k.TerminationGracePeriodSeconds)
+	v.labels(kb+".podLabels", k.PodLabels, true)
+	v.labels(kb+".annotations", k.Annotations, false)
+	if k.RuntimeClass != "" {
+		for _, msg := range validation.IsDNS1123Subdomain(k.RuntimeClass) {
+			v.fail(kb+".runtimeClass", "%q: %s", k.RuntimeClass, msg)
+		}
+	}
+	for i, m := range k.VolumeMounts {
+		key := indexKey(kb+".volumeMounts", i)
+		v.nonEmpty(key+".name", m.Name)
+		v.nonEmpty(key+".path", m.Path)
+		if !path.IsAbs(m.MountPath) {
+			v.fail(key+".mountPath", "must be an absolute path, got %q", m.MountPath)
+		}
+		v.oneOf(key+".type", m.Type, "", "DirectoryOrCreate", "Directory", "FileOrCreate", "File",
+			"Socket", "CharDevice", "BlockDevice")
+	}
+	for i, s := range k.BuildSecrets {
+		key := indexKey(kb+".buildSecrets", i)
+		v.nonEmpty(key+".secret_env", s.SecretEnv)
+		v.nonEmpty(key+".secret_name", s.SecretName)
+		v.nonEmpty(key+".secret_key", s.SecretKey)
+	}
+	for i, s := range k.BuildSecretsFile {
+		key := indexKey(kb+".buildSecretsFile", i)
+		v.nonEmpty(key+".name", s.Name)
+		v.nonEmpty(key+".secretName", s.SecretName)
+		if !path.IsAbs(s.MountPath) {
+			v.fail(key+".mountPath", "must be an absolute path, got %q", s.MountPath)
+		}
+	}
+
+	v.nonEmpty(base+".launchImage", o.LaunchImage)
+	v.nonEmpty(base+".launchVersion", o.LaunchVersion)
+	v.positiveInt(base+".fusebox.breaker.timeout", o.Fusebox.Breaker.Timeout)
+	v.nonNegativeInt(base+".requestretry.retryDelay", o.RequestRetry.RetryDelay)
+	if o.RequestRetry.MaxAttempts < 1 {
+		v.fail(base+".requestretry.maxAttempts", "must be at least 1, got %d", o.RequestRetry.MaxAttempts)
+	}
+}
+
+func (v *validator) vmPath() {
+	const kb = "executor.k8s-vm.options.kubernetes"
+	k := v.c.Executor.K8sVM.Options.Kubernetes
+	v.podCommon(kb, k.PodCommon)
+	v.nonEmpty(kb+".baseImage", k.BaseImage)
+}
+
+func (v *validator) podCommon(kb string, p PodCommon) {
+	v.labels(kb+".nodeSelectors", p.NodeSelectors, true)
+	v.labels(kb+".preferredNodeSelectors", p.PreferredNodeSelectors, true)
+	v.positiveInt(kb+".buildTimeout", p.BuildTimeout)
+	v.positiveInt(kb+".maxBuildTimeout", p.MaxBuildTimeout)
+	if p.BuildTimeout > 0 && p.MaxBuildTimeout > 0 && p.BuildTimeout > p.MaxBuildTimeout {
+		v.fail(kb+".buildTimeout", "%d minutes is above maxBuildTimeout (%d)", p.BuildTimeout, p.MaxBuildTimeout)
+	}
+}
+
+// labels checks keys (and, for labels and selectors, values) with the API
+// server's rules, so a typo fails here instead of on every pod create.
+func (v *validator) labels(key string, m map[string]string, checkValues bool) {
+	for _, k := range sortedKeys(m) {
+		ek := joinKey(key, k)
+		if msgs := validation.IsQualifiedName(k); len(msgs) > 0 {
+			v.fail(ek, "invalid key %q: %s", k, strings.Join(msgs, "; "))
+		}
+		if checkValues {
+			if msgs := validation.IsValidLabelValue(m[k]); len(msgs) > 0 {
+				v.fail(ek, "invalid value %q: %s", m[k], strings.Join(msgs, "; "))
+			}
+		}
+	}
+}
+
+func (v *validator) tiers(key string, t Tiers) {
+	tiers := []struct {
+		name string
+		val  float64
+	}{{"micro", t.Micro}, {"low", t.Low}, {"high", t.High}, {"turbo", t.Turbo}, {"max", t.Max}}
+	for _, tier := range tiers {
+		if !(tier.val > 0) || math.IsInf(tier.val, 0) {
+			v.fail(key+"."+tier.name, "must be a positive number, got %s", formatFloat(tier.val))
+		} else if tier.val > t.Max && t.Max > 0 {
+			v.fail(key+"."+tier.name, "%s is above max (%s)", formatFloat(tier.val), formatFloat(t.Max))
+		}
+	}
+}
+
+func (v *validator) ecosystem() {
+	e := v.c.Ecosystem
+	v.httpURL("ecosystem.api", e.API, true)
+	v.httpURL("ecosystem.ui", e.UI, false)
+	v.httpURL("ecosystem.store", e.Store, false)
+	v.httpURL("ecosystem.pushgatewayUrl", e.PushgatewayURL, false)
+	v.nonNegativeInt("ecosystem.cache.max_size_mb", e.Cache.MaxSizeMB)
+	v.nonNegativeInt("ecosystem.cache.max_go_threads", e.Cache.MaxGoThreads)
+}
+
+func (v *validator) httpURL(key, raw string, required bool) {
+	if raw == "" {
+		if required {
+			v.fail(key, "must not be empty")
+		}
+		return
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		v.errs.add(key, v.source(key), fmt.Errorf("invalid URL: %w", err))
+	case u.Scheme != "http" && u.Scheme != "https":
+		v.fail(key, "%q must be an absolute http or https URL", raw)
+	case u.Host == "":
+		v.fail(key, "%q has no host", raw)
+	}
+}
+
+func (v *validator) queue() {
+	q := v.c.Queue
+	switch q.ConnectionType {
+	case "redis":
+		v.nonEmpty("queue.redisConnection.host", q.RedisConnection.Host)
+	case "redisCluster", "redisSentinel":
+		hosts := q.RedisClusterConnection.Hosts
+		if len(hosts) == 0 {
+			v.fail("queue.redisClusterConnection.hosts", "needs at least one host:port when queue.connectionType is %s", q.ConnectionType)
+		}
+		for i, h := range hosts {
+			if _, port, err := net.SplitHostPort(h); err != nil || port == "" {
+				v.fail(indexKey("queue.redisClusterConnection.hosts", i), "%q is not host:port", h)
+			}
+		}
+		if q.ConnectionType == "redisSentinel" {
+			v.nonEmpty("queue.redisClusterConnection.masterName", q.RedisClusterConnection.MasterName)
+		}
+		if q.ConnectionType == "redisCluster" && q.RedisConnection.Database != 0 {
+			v.fail("queue.redisConnection.database", "must be 0 with redisCluster (Redis Cluster has only database 0), got %d", q.RedisConnection.Database)
+		}
+	default:
+		v.oneOf("queue.connectionType", q.ConnectionType, "redis", "redisCluster", "redisSentinel")
+	}
+	v.intRange("queue.redisConnection.port", q.RedisConnection.Port, 1, 65535)
+	v.nonNegativeInt("queue.redisConnection.database", q.RedisConnection.Database)
+	v.nonNegativeInt("queue.redisClusterConnection.slotsRefreshTimeout", q.RedisClusterConnection.SlotsRefreshTimeout)
+
+	if len(q.Queues) == 0 {
+		v.fail("queue.queues", "must name at least one queue")
+	}
+	for i, name := range q.Queues {
+		switch {
+		case name == "":
+			v.fail(indexKey("queue.queues", i), "queue name must not be empty")
+		case slices.Index(q.Queues, name) < i:
+			v.fail(indexKey("queue.queues", i), "queue %q is listed twice", name)
+		}
+	}
+	v.positiveDuration("queue.blockTimeout", q.BlockTimeout)
+	if q.BlockTimeout >= time.Minute {
+		// A blocking take holds its connection; shutdown waits for it.
+		v.fail("queue.blockTimeout", "must be under 1m, got %s", q.BlockTimeout)
+	}
+	v.positiveDuration("queue.operationTimeout", q.OperationTimeout)
+}
+
+func (v *validator) process() {
+	c := v.c
+	v.intRange("worker.concurrency", c.Worker.Concurrency, 1, 1024)
+	if c.Worker.ShutdownGracePeriod < 0 {
+		v.fail("worker.shutdownGracePeriod", "must not be negative, got %s", c.Worker.ShutdownGracePeriod)
+	}
+	if !(c.Kubernetes.QPS > 0) || math.IsInf(c.Kubernetes.QPS, 0) {
+		v.fail("kubernetes.qps", "must be a positive number, got %s", formatFloat(c.Kubernetes.QPS))
+	}
+	if c.Kubernetes.Burst < 1 {
+		v.fail("kubernetes.burst", "must be at least 1, got %d", c.Kubernetes.Burst)
+	}
+	v.positiveDuration("kubernetes.requestTimeout", c.Kubernetes.RequestTimeout)
+	v.intRange("httpd.port", c.HTTPD.Port, 1, 65535)
+	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	v.oneOf("log.format", c.Log.Format, "json", "console")
+}
