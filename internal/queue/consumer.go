@@ -61,8 +61,9 @@ func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Lo
 	if opts.Concurrency < len(opts.Queues) {
 		return nil, fmt.Errorf("queue consumer: concurrency %d is below the number of queues %d", opts.Concurrency, len(opts.Queues))
 	}
-	if opts.BlockTimeout <= 0 || opts.OperationTimeout <= 0 {
-		return nil, errors.New("queue consumer: block and operation timeouts must be positive")
+	if opts.BlockTimeout < time.Second || opts.OperationTimeout <= 0 {
+		// go-redis sends blocking timeouts in whole seconds.
+		return nil, errors.New("queue consumer: block timeout must be at least 1s and the operation timeout positive")
 	}
 	if metrics == nil {
 		metrics = NewMetrics(nil)

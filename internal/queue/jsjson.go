@@ -70,7 +70,7 @@ func appendJSNumber(dst []byte, n json.Number) ([]byte, error) {
 		return append(dst, '0'), nil // JS prints -0 as 0
 	}
 	abs := math.Abs(f)
-	if abs >= 1e-7 && abs < 1e21 {
+	if abs >= 1e-6 && abs < 1e21 { // JS switches to exponent form outside [1e-6, 1e21)
 		return strconv.AppendFloat(dst, f, 'f', -1, 64), nil
 	}
 	s := strconv.FormatFloat(f, 'e', -1, 64) // 1e+21, 1.5e-07

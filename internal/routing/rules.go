@@ -1,0 +1,73 @@
+package routing
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	"github.com/sdkata/queue-worker/internal/config"
+	"github.com/sdkata/queue-worker/internal/weightage"
+)
+
+// KataPercent returns the percentage of builds to send to Kata and how it
+// was found:
+//   - executor.k8s.weightage unset: no weighted rule (nil);
+//   - only executor.k8s.weightage set: it is the percentage;
+//   - executor.k8s-vm.weightage set too: the reference's relative weights,
+//     so the percentage is k8s/(k8s+k8s-vm); both zero means no weighted
+//     rule, as the reference fell through to the default executor.
+func KataPercent(c *config.Config) (pct *float64, derived bool) {
+	k8s, vm := c.Executor.K8s.Weightage, c.Executor.K8sVM.Weightage
+	if k8s == nil {
+		return nil, false
+	}
+	if vm == nil {
+		v := *k8s
+		return &v, false
+	}
+	sum := *k8s + *vm
+	if sum == 0 {
+		return nil, true
+	}
+	v := 100 * *k8s / sum
+	return &v, true
+}
+
+// Spec builds the router's input from a validated config.
+func Spec(c *config.Config) (weightage.RulesSpec, error) {
+	def, ok := weightage.RuntimeForExecutor(c.Executor.Plugin)
+	if !ok {
+		return weightage.RulesSpec{}, fmt.Errorf("executor.plugin %q names no runtime", c.Executor.Plugin)
+	}
+	pct, _ := KataPercent(c)
+	s := weightage.RulesSpec{
+		KataPercent: pct,
+		Exclusions:  c.ExclusionPatterns(),
+		Default:     def,
+		Stickiness:  weightage.StickyJob,
+	}
+	s.Version = version(s)
+	return s, nil
+}
+
+// Rules compiles the routing rules of a config.
+func Rules(c *config.Config) (*weightage.Rules, error) {
+	s, err := Spec(c)
+	if err != nil {
+		return nil, err
+	}
+	r, err := weightage.NewRules(s)
+	if err != nil {
+		return nil, fmt.Errorf("routing rules: %w", err)
+	}
+	return r, nil
+}
+
+// version is a short hash of everything that decides a route, so pods and
+// logs say which rule set routed them.
+func version(s weightage.RulesSpec) string {
+	b, _ := json.Marshal(s)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
+}
