@@ -1,0 +1,30 @@
+# queue-worker. The two commands that matter: `make demo` and `make test`.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+GO ?= go
+
+.PHONY: demo test build bench lint cluster-up cluster-down clean
+
+demo:
+	scripts/demo.sh
+
+test:
+	scripts/test.sh
+
+build:
+	$(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/queue-worker ./cmd/queue-worker
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+cluster-up:
+	@scripts/dev-cluster.sh up
+
+cluster-down:
+	scripts/dev-cluster.sh down
+
+clean:
+	rm -rf bin

@@ -1,0 +1,259 @@
+// Command demo drives `make demo`: it enqueues builds the way Screwdriver's
+// queue-service does (buildConfigs hash + ids-only resque job), waits for the
+// worker to turn them into pods, prints where each build went and why, shows
+// the worker's metrics, then stops every build and waits for its pods to go.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+func main() {
+	redisAddr := flag.String("redis", "127.0.0.1:6379", "Redis address")
+	namespace := flag.String("resque-namespace", "resque", "resque namespace")
+	prefix := flag.String("prefix", "demo_", "queue prefix (REDIS_QUEUE_PREFIX of the worker)")
+	kubeNS := flag.String("kube-namespace", "qw-demo", "namespace the worker creates pods in")
+	metricsURL := flag.String("metrics", "http://127.0.0.1:18080/metrics", "worker metrics URL")
+	count := flag.Int("builds", 50, "number of builds to enqueue")
+	reset := flag.Bool("reset", false, "only clear the demo's queue, hash and pods, and make sure its namespace exists")
+	flag.Parse()
+	var err error
+	if *reset {
+		err = resetDemo(*redisAddr, *namespace, *prefix, *kubeNS)
+	} else {
+		err = run(*redisAddr, *namespace, *prefix, *kubeNS, *metricsURL, *count)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+type demoBuild struct {
+	id          int64
+	image       string
+	annotations map[string]any
+}
+
+// builds mixes ordinary images, images the exclusion list sends to hyperd,
+// and one build whose annotation forces its executor.
+func builds(n int, base int64) []demoBuild {
+	images := []string{"node:18", "golang:1.22", "python:3.12", "registry.example.com/sd/centos-rhel6:latest", "maven:3-jdk-11", "ruby:3.3"}
+	out := make([]demoBuild, n)
+	for i := range out {
+		b := demoBuild{id: base + int64(i), image: images[i%len(images)]}
+		switch i {
+		case 7:
+			b.annotations = map[string]any{"screwdriver.cd/executor": "k8s-vm", "screwdriver.cd/cpu": "HIGH"}
+		case 8:
+			b.annotations = map[string]any{"screwdriver.cd/executor": "k8s", "screwdriver.cd/ram": "TURBO"}
+			b.image = "registry.example.com/sd/rhel6-legacy:2"
+		}
+		out[i] = b
+	}
+	return out
+}
+
+func clients(redisAddr string) (*redis.Client, kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	rc.QPS, rc.Burst = 200, 400
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return redis.NewClient(&redis.Options{Addr: redisAddr}), kube, nil
+}
+
+func resetDemo(redisAddr, ns, prefix, kubeNS string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rdb, kube, err := clients(redisAddr)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	if err := rdb.Del(ctx, ns+":queue:"+prefix+"builds", prefix+"buildConfigs").Err(); err != nil {
+		return fmt.Errorf("clearing demo keys: %w", err)
+	}
+	_, err = kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: kubeNS}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", kubeNS, err)
+	}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=queue-worker"}
+	if err := kube.CoreV1().Pods(kubeNS).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil {
+		return fmt.Errorf("clearing old demo pods: %w", err)
+	}
+	return nil
+}
+
+func run(redisAddr, ns, prefix, kubeNS, metricsURL string, n int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rdb, kube, err := clients(redisAddr)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	base := time.Now().Unix() % 1_000_000 * 100
+	bs := builds(n, base)
+	queueKey := ns + ":queue:" + prefix + "builds"
+	fmt.Printf("enqueueing %d builds into %s (buildConfigs hash %sbuildConfigs), plus one job of an unknown class\n", n, queueKey, prefix)
+	for _, b := range bs {
+		cfg := map[string]any{
+			"buildId": b.id, "jobId": b.id % 37, "eventId": base, "jobName": "main", "pipelineId": 42,
+			"pipeline": map[string]any{"id": 42, "name": "demo/repo", "scmContext": "github:github.com"},
+			"apiUri":   "http://127.0.0.1:9/", "container": b.image, "token": "demo-token-" + strconv.FormatInt(b.id, 10),
+			"annotations": b.annotations,
+		}
+		raw, _ := json.Marshal(cfg)
+		job := fmt.Sprintf(`{"class":"start","queue":"%sbuilds","args":[{"buildId":%d,"jobId":%d,"blockedBy":"%d","blockedBySameJob":true,"blockedBySameJobWaitTime":5,"virtualJob":false}]}`,
+			prefix, b.id, b.id%37, b.id%37)
+		if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, prefix+"buildConfigs", strconv.FormatInt(b.id, 10), raw)
+			p.SAdd(ctx, ns+":queues", prefix+"builds")
+			p.RPush(ctx, queueKey, job)
+			return nil
+		}); err != nil {
+			return fmt.Errorf("enqueueing build %d: %w", b.id, err)
+		}
+	}
+	bad := fmt.Sprintf(`{"class":"rebuild","queue":"%sbuilds","args":[{"buildId":%d}]}`, prefix, base+999)
+	if err := rdb.RPush(ctx, queueKey, bad).Err(); err != nil {
+		return err
+	}
+
+	fmt.Println("waiting for every build's pod to be scheduled...")
+	start := time.Now()
+	var pods map[int64]corev1.Pod
+	for {
+		pods, err = buildPods(ctx, kube, kubeNS, bs)
+		if err != nil {
+			return err
+		}
+		scheduled := 0
+		for _, p := range pods {
+			if p.Spec.NodeName != "" {
+				scheduled++
+			}
+		}
+		if scheduled == n {
+			break
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("only %d of %d pods scheduled before the deadline", scheduled, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Printf("all %d pods scheduled in %.1fs\n\n", n, time.Since(start).Seconds())
+
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUILD\tIMAGE\tRUNTIME\tRULE\tWHY\tPOD\tNODE\tPHASE")
+	for _, b := range bs {
+		p := pods[b.id]
+		why := p.Annotations["queue-worker.screwdriver.cd/matched-pattern"]
+		if bk, ok := p.Annotations["queue-worker.screwdriver.cd/bucket"]; ok {
+			why = "bucket " + bk + " vs " + p.Annotations["queue-worker.screwdriver.cd/kata-basis-points"]
+		}
+		if why == "" && b.annotations != nil {
+			why = fmt.Sprint("executor=", b.annotations["screwdriver.cd/executor"])
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.id, b.image, p.Labels["queue-worker.screwdriver.cd/runtime"],
+			p.Annotations["queue-worker.screwdriver.cd/rule"], why, p.Name, p.Spec.NodeName, p.Status.Phase)
+	}
+	tw.Flush()
+
+	failed, _ := rdb.LRange(ctx, ns+":failed", -1, -1).Result()
+	if len(failed) == 1 {
+		fmt.Printf("\nthe unknown-class job is in %s:failed:\n  %s\n", ns, failed[0])
+	}
+
+	fmt.Println("\nworker metrics:")
+	if err := printMetrics(ctx, metricsURL); err != nil {
+		return err
+	}
+
+	fmt.Printf("\nstopping all %d builds through the queue...\n", n)
+	for _, b := range bs {
+		job := fmt.Sprintf(`{"class":"stop","queue":"%sbuilds","args":[{"buildId":%d,"jobId":%d,"blockedBy":"%d","started":true}]}`, prefix, b.id, b.id%37, b.id%37)
+		if err := rdb.RPush(ctx, queueKey, job).Err(); err != nil {
+			return err
+		}
+	}
+	for {
+		left, err := buildPods(ctx, kube, kubeNS, bs)
+		if err != nil {
+			return err
+		}
+		if len(left) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%d pods left after stop", len(left))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Println("all build pods deleted")
+	return nil
+}
+
+func buildPods(ctx context.Context, kube kubernetes.Interface, ns string, bs []demoBuild) (map[int64]corev1.Pod, error) {
+	l, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=queue-worker"})
+	if err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	want := map[string]int64{}
+	for _, b := range bs {
+		want[strconv.FormatInt(b.id, 10)] = b.id
+	}
+	out := map[int64]corev1.Pod{}
+	for _, p := range l.Items {
+		if id, ok := want[p.Labels["sdbuild"]]; ok && p.DeletionTimestamp == nil {
+			out[id] = p
+		}
+	}
+	return out, nil
+}
+
+// printMetrics shows the worker's own series, without Go runtime noise.
+func printMetrics(ctx context.Context, url string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("reading worker metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	var lines []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "#") || !strings.HasPrefix(l, "queue_worker_") || strings.Contains(l, "_bucket{") || strings.HasSuffix(l, " 0") {
+			continue
+		}
+		lines = append(lines, "  "+l)
+	}
+	sort.Strings(lines)
+	fmt.Println(strings.Join(lines, "\n"))
+	return sc.Err()
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make test`: static checks, then unit and integration tests against a real
+# Redis and the project's own kube-apiserver + etcd + scheduler + kwok. It
+# brings the bed up itself and takes down what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATICCHECK=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+scripts/ensure-packages.sh
+scripts/ensure-redis.sh
+
+started_cluster=0
+if ! scripts/dev-cluster.sh status >/dev/null 2>&1; then
+  started_cluster=1
+fi
+cleanup() {
+  if [ "$started_cluster" = 1 ]; then scripts/dev-cluster.sh down || true; fi
+}
+trap cleanup EXIT
+eval "$(scripts/dev-cluster.sh up)"
+# Tests read QW_TEST_KUBECONFIG, never KUBECONFIG, so a developer's real
+# cluster can't be touched by accident.
+export QW_TEST_KUBECONFIG="$KUBECONFIG"
+
+echo "[test] go vet" >&2
+go vet ./...
+echo "[test] staticcheck" >&2
+go run "$STATICCHECK" ./...
+echo "[test] go test -race" >&2
+go test -race -count=1 -timeout 20m ./...
