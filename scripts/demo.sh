@@ -12,7 +12,7 @@ LOG_DIR=${QW_DEMO_LOG_DIR:-$HOME/.cache/queue-worker/demo}
 mkdir -p "$LOG_DIR" bin
 
 scripts/ensure-packages.sh
-[ -x scripts/ensure-redis.sh ] && scripts/ensure-redis.sh  # TEMP
+scripts/ensure-redis.sh
 started_cluster=0
 if ! scripts/dev-cluster.sh status >/dev/null 2>&1; then started_cluster=1; fi
 worker_pid=
