@@ -2,6 +2,7 @@ package weightage
 
 import (
 	"math/rand/v2"
+	"regexp"
 	"testing"
 )
 
@@ -41,6 +42,9 @@ func TestRoute_Rules(t *testing.T) {
 		{"WeightedAt100GoesToKata", Build{BuildID: 1, Image: "node:18"}, rules, Kata, RuleWeighted, ""},
 		{"NoWeightUsesDefault", Build{BuildID: 1, Image: "node:18"}, noWeight, Kata, RuleDefault, ""},
 		{"NoWeightExclusionStillApplies", Build{BuildID: 1, Image: "rhel6"}, noWeight, Hyperd, RuleExcluded, "rhel6"},
+		{"LearnedExclusionGoesToHyperd", Build{BuildID: 1, Image: "node:18", LearnedExcluded: true}, rules, Hyperd, RuleLearnedExclusion, ""},
+		{"ConfiguredExclusionNamedBeforeLearned", Build{BuildID: 1, Image: "rhel6", LearnedExcluded: true}, rules, Hyperd, RuleExcluded, "rhel6"},
+		{"AnnotationWinsOverLearnedExclusion", Build{BuildID: 1, Image: "node:18", Executor: "kata", LearnedExcluded: true}, rules, Kata, RuleAnnotation, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,6 +148,62 @@ func TestRoute_MissingJobFallsBackToBuild(t *testing.T) {
 	}
 }
 
+// Excluded images never reach Kata, whatever the weight and the ids.
+func TestRoute_ExcludedImagesNeverKata(t *testing.T) {
+	r := mustRules(t, RulesSpec{KataPercent: pct(100), Exclusions: []string{"rhel6", `^registry\.example/i386/`, "centos[56]"}})
+	images := []string{"rhel6", "x/RHEL6:latest", "registry.example/i386/debian", "docker.io/centos5", "CENTOS6:1"}
+	for id := int64(1); id <= 10_000; id++ {
+		img := images[id%int64(len(images))]
+		if d := Route(Build{BuildID: id, JobID: id, Image: img}, r); d.Runtime != Hyperd || d.Rule != RuleExcluded {
+			t.Fatalf("build %d image %q routed %s by %s", id, img, d.Runtime, d.Rule)
+		}
+	}
+}
+
+func TestRoute_Paused(t *testing.T) {
+	spec := func(paused ...Runtime) RulesSpec {
+		return RulesSpec{KataPercent: pct(50), Exclusions: []string{"rhel6"}, Paused: paused}
+	}
+	kataPaused := mustRules(t, spec(Kata))
+	hyperdPaused := mustRules(t, spec(Hyperd))
+	bothPaused := mustRules(t, spec(Kata, Hyperd))
+	// Job ids whose draw is Kata and hyperd at 50%.
+	var kataJob, hyperdJob int64
+	for j := int64(1); kataJob == 0 || hyperdJob == 0; j++ {
+		if Bucket(Build{JobID: j}, StickyJob, "") < 5000 {
+			kataJob = j
+		} else {
+			hyperdJob = j
+		}
+	}
+	tests := []struct {
+		name       string
+		b          Build
+		r          *Rules
+		runtime    Runtime
+		rule       Rule
+		pausedRule Rule
+		held       bool
+	}{
+		{"KataPausedMovesWeightedToHyperd", Build{JobID: kataJob}, kataPaused, Hyperd, RulePaused, RuleWeighted, false},
+		{"KataPausedMovesKataAnnotationToHyperd", Build{JobID: hyperdJob, Executor: "kata"}, kataPaused, Hyperd, RulePaused, RuleAnnotation, false},
+		{"KataPausedLeavesHyperdAlone", Build{JobID: hyperdJob}, kataPaused, Hyperd, RuleWeighted, "", false},
+		{"HyperdPausedMovesWeightedToKata", Build{JobID: hyperdJob}, hyperdPaused, Kata, RulePaused, RuleWeighted, false},
+		{"HyperdPausedHoldsExcluded", Build{JobID: kataJob, Image: "rhel6"}, hyperdPaused, Hyperd, RuleExcluded, "", true},
+		{"HyperdPausedHoldsLearnedExclusion", Build{JobID: kataJob, LearnedExcluded: true}, hyperdPaused, Hyperd, RuleLearnedExclusion, "", true},
+		{"HyperdPausedHoldsHyperdAnnotation", Build{JobID: kataJob, Executor: "k8s-vm"}, hyperdPaused, Hyperd, RuleAnnotation, "", true},
+		{"BothPausedHoldsEverything", Build{JobID: kataJob}, bothPaused, Kata, RuleWeighted, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Route(tt.b, tt.r)
+			if d.Runtime != tt.runtime || d.Rule != tt.rule || d.PausedRule != tt.pausedRule || d.Held != tt.held {
+				t.Fatalf("Route = %+v, want %s by %s (paused rule %q, held %v)", d, tt.runtime, tt.rule, tt.pausedRule, tt.held)
+			}
+		})
+	}
+}
+
 func TestNewRules_Rejects(t *testing.T) {
 	tests := []struct {
 		name string
@@ -154,6 +214,8 @@ func TestNewRules_Rejects(t *testing.T) {
 		{"NegativeWeight", RulesSpec{Default: Hyperd, KataPercent: pct(-1)}},
 		{"UnknownDefault", RulesSpec{Default: "docker"}},
 		{"UnknownStickiness", RulesSpec{Default: Hyperd, Stickiness: "user"}},
+		{"UnknownPausedRuntime", RulesSpec{Default: Hyperd, Paused: []Runtime{"docker"}}},
+		{"NegativeBudget", RulesSpec{Default: Hyperd, Budgets: map[Runtime]int{Kata: -1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,17 +226,67 @@ func TestNewRules_Rejects(t *testing.T) {
 	}
 }
 
-func BenchmarkRoute(b *testing.B) {
-	r := mustRules(b, RulesSpec{KataPercent: pct(20), Exclusions: []string{"rhel6", "centos6", `i386`}})
-	build := Build{BuildID: 123456, JobID: 7890, PipelineID: 42, Image: "registry.example.com/org/node:18-bullseye"}
+// benchImages is a fleet-like mix: a few images repeated, as in production.
+var benchImages = []string{
+	"registry.example.com/org/node:18-bullseye",
+	"docker.io/library/golang:1.26",
+	"registry.example.com/base/rhel6-build:3",
+	"quay.io/centos/centos:stream9",
+	"registry.example.com/org/python:3.12-slim",
+}
+
+func benchRoute(b *testing.B, exclusions []string) {
+	r := mustRules(b, RulesSpec{KataPercent: pct(20), Exclusions: exclusions})
+	build := Build{BuildID: 123456, JobID: 7890, PipelineID: 42}
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
-		build.BuildID++
+		build.JobID++
+		build.Image = benchImages[i%len(benchImages)]
+		i++
 		_ = Route(build, r)
 	}
 }
 
-// BenchmarkBucket is the baseline: the hash alone, without exclusions.
+// BenchmarkRoute: the three literal exclusions the reference deployments use.
+func BenchmarkRoute(b *testing.B) { benchRoute(b, []string{"rhel6", "centos6", `i386`}) }
+
+// BenchmarkRouteRegexps: patterns that need the regexp engine, answered
+// from the per-image cache after the first build of each image.
+func BenchmarkRouteRegexps(b *testing.B) {
+	benchRoute(b, []string{"rhel[56]", `centos:?[56]`, `^registry\.example\.com/(i386|arm32)/`})
+}
+
+// BenchmarkRouteNaiveRegexp is the baseline: what Route cost when every
+// exclusion ran through regexp.MatchString (the same three patterns as
+// BenchmarkRoute, plus the same draw).
+func BenchmarkRouteNaiveRegexp(b *testing.B) {
+	r := mustRules(b, RulesSpec{KataPercent: pct(20)})
+	var res []*regexp.Regexp
+	for _, p := range []string{"rhel6", "centos6", `i386`} {
+		res = append(res, regexp.MustCompile("(?i)"+p))
+	}
+	build := Build{BuildID: 123456, JobID: 7890, PipelineID: 42}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		build.JobID++
+		build.Image = benchImages[i%len(benchImages)]
+		i++
+		excluded := false
+		for _, re := range res {
+			if re.MatchString(build.Image) {
+				excluded = true
+				break
+			}
+		}
+		if !excluded {
+			_ = Route(build, r)
+		}
+	}
+}
+
+// BenchmarkBucket is the floor: the hash alone, without exclusions.
 func BenchmarkBucket(b *testing.B) {
 	build := Build{BuildID: 123456, JobID: 7890}
 	b.ReportAllocs()
