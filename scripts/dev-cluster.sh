@@ -109,16 +109,30 @@ port_in_use() { # port
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Loopback ports each component listens on, as "port:VARIABLE" pairs.
+ports_of() {
+  case $1 in
+    etcd) echo "$ETCD_PORT:QW_ETCD_PORT $ETCD_PEER_PORT:QW_ETCD_PEER_PORT" ;;
+    kube-apiserver) echo "$APISERVER_PORT:QW_APISERVER_PORT" ;;
+  esac
+}
+
+check_ports_free() { # components...
+  local comp pair
+  for comp in "$@"; do
+    for pair in $(ports_of "$comp"); do
+      if port_in_use "${pair%%:*}"; then
+        die "127.0.0.1:${pair%%:*} (for $comp) is in use by another process; stop it or set ${pair#*:}"
+      fi
+    done
+  done
+}
+
 start_daemon() { # component args...
   local comp=$1 pid
   shift
-  if port_owner_conflict "$comp"; then
-    die "a port needed by $comp is already in use by another process (see QW_*_PORT in $0)"
-  fi
   log "starting $comp (log: $LOGS/$comp.log)"
-  {
-    echo "=== $(date -u +%FT%TZ) starting $comp"
-  } >>"$LOGS/$comp.log"
+  echo "=== $(date -u +%FT%TZ) starting $comp" >>"$LOGS/$comp.log"
   # The subshell closes every inherited descriptor above 2 (our flock fd,
   # pipes of whoever called us) and then execs, so $! is the daemon's PID.
   (
@@ -130,14 +144,6 @@ start_daemon() { # component args...
   ) </dev/null >>"$LOGS/$comp.log" 2>&1 &
   pid=$!
   echo "$pid" >"$RUN/$comp.pid"
-}
-
-port_owner_conflict() { # component: true if its listening port is taken
-  case $1 in
-    etcd) port_in_use "$ETCD_PORT" || port_in_use "$ETCD_PEER_PORT" ;;
-    kube-apiserver) port_in_use "$APISERVER_PORT" ;;
-    *) return 1 ;;
-  esac
 }
 
 wait_for() { # description command...
@@ -223,13 +229,13 @@ EOF
 # --- readiness probes -------------------------------------------------------
 
 etcd_healthy() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'
+  curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'
 }
 
 apiserver_ready() {
   [ -s "$CERT_DIR/apiserver.crt" ] &&
     curl -fsS --max-time 2 --cacert "$CERT_DIR/apiserver.crt" \
-      -H "Authorization: Bearer $(admin_token)" "$APISERVER_URL/readyz" | grep -qx ok
+      -H "Authorization: Bearer $(admin_token)" "$APISERVER_URL/readyz" 2>/dev/null | grep -qx ok
 }
 
 api_get() { # path -> body; fails on HTTP error
@@ -293,6 +299,7 @@ start_from() { # index of first component to (re)start
   for ((i = ${#COMPONENTS[@]} - 1; i >= first; i--)); do
     stop_component "${COMPONENTS[i]}"
   done
+  check_ports_free "${COMPONENTS[@]:first}"
   for ((i = first; i < ${#COMPONENTS[@]}; i++)); do
     comp=${COMPONENTS[i]}
     case $comp in

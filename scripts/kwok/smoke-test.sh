@@ -165,6 +165,13 @@ else
 fi
 if wait_gone owned 30; then pass "ownerReference GC removed dependent pod"; else fail "dependent pod not garbage-collected"; fi
 
+pod slow-delete "{\"$A/delete-delay\": 2s}" "$KATA" | kubectl apply -n "$NS" -f - >/dev/null
+wait_jp slow-delete '{.status.phase}' Running >/dev/null
+kubectl delete pod -n "$NS" slow-delete --wait=false >/dev/null
+sleep 1
+check "delete-delay: still Terminating after 1s" yes "$(jp slow-delete '{.metadata.deletionTimestamp}' | awk 'NF {print "yes"}')"
+if wait_gone slow-delete 10; then pass "delete-delay: gone afterwards"; else fail "delete-delay: pod never went away"; fi
+
 trap - EXIT
 t0=$SECONDS
 if kubectl delete namespace "$NS" --timeout=60s >/dev/null; then
