@@ -23,6 +23,7 @@ all_present() {
 if [ "${1:-}" = "--print-bin-dir" ]; then echo "$BIN_DIR"; exit 0; fi
 if all_present; then echo "$BIN_DIR"; exit 0; fi
 
+command -v go >/dev/null || { log "ERROR: go is not on PATH (needed once to build the control plane)"; exit 1; }
 mkdir -p "$BIN_DIR"
 exec 9>"$BIN_DIR/.build.lock"
 flock 9
@@ -45,7 +46,14 @@ build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 if [ ! -x "$BIN_DIR/kwok" ]; then
+  # kwok v0.8 needs Go >= 1.26. Install into a scratch dir and move it in, so
+  # an interrupted install never leaves a half-written binary that looks done.
   log "installing kwok $KWOK_VERSION..."
-  GOBIN="$BIN_DIR" go install -trimpath sigs.k8s.io/kwok/cmd/kwok@"$KWOK_VERSION"
+  start=$SECONDS
+  tmp=$(mktemp -d "$BIN_DIR/.kwok.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  GOBIN="$tmp" go install -trimpath sigs.k8s.io/kwok/cmd/kwok@"$KWOK_VERSION"
+  mv "$tmp/kwok" "$BIN_DIR/kwok"
+  log "installed kwok in $((SECONDS - start))s"
 fi
 echo "$BIN_DIR"
