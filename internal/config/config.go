@@ -13,6 +13,7 @@ type Config struct {
 	Ecosystem  Ecosystem  `yaml:"ecosystem" mapstructure:"ecosystem"`
 	Queue      Queue      `yaml:"queue" mapstructure:"queue"`
 	Worker     Worker     `yaml:"worker" mapstructure:"worker"`
+	Routing    Routing    `yaml:"routing" mapstructure:"routing"`
 	Kubernetes Kubernetes `yaml:"kubernetes" mapstructure:"kubernetes"`
 	HTTPD      HTTPD      `yaml:"httpd" mapstructure:"httpd"`
 	Log        Log        `yaml:"log" mapstructure:"log"`
@@ -244,6 +245,23 @@ type Worker struct {
 	Concurrency int `yaml:"concurrency" mapstructure:"concurrency"`
 	// ShutdownGracePeriod is how long in-flight jobs may run after SIGTERM.
 	ShutdownGracePeriod time.Duration `yaml:"shutdownGracePeriod" mapstructure:"shutdownGracePeriod"`
+}
+
+// Routing holds the routing switches of our own; the weight and the
+// exclusions stay at the reference's executor.k8s keys. The whole routing
+// input (those keys and this section) reloads live with the overlay file.
+type Routing struct {
+	// Stickiness is whose id picks the weighted bucket: job (a job keeps its
+	// runtime across builds), pipeline or build.
+	Stickiness string `yaml:"stickiness" mapstructure:"stickiness"`
+	// Salt reshuffles which keys fall into the Kata share.
+	Salt string `yaml:"salt" mapstructure:"salt"`
+	// Paused runtimes (kata, hyperd) take no new starts: Kata-bound builds
+	// go to hyperd; builds only hyperd can run wait in the queue.
+	Paused []string `yaml:"paused" mapstructure:"paused"`
+	// Budgets caps the pods in flight per runtime (kata, hyperd); a start
+	// over budget waits in the queue. 0 or absent = unlimited.
+	Budgets map[string]int `yaml:"budgets" mapstructure:"budgets"`
 }
 
 // Kubernetes holds client settings. The endpoint/token overrides and the

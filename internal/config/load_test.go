@@ -319,6 +319,18 @@ func TestLoad_EnvJSON(t *testing.T) {
 			want: []string{"rhel6", "i386"},
 		},
 		{
+			name: "RoutingEnv",
+			env: map[string]string{"ROUTING_STICKINESS": "build", "ROUTING_SALT": "s2",
+				"ROUTING_PAUSED": `["kata"]`, "ROUTING_BUDGETS": `{"hyperd":40}`},
+			got:  func(c *Config) any { return c.Routing },
+			want: Routing{Stickiness: "build", Salt: "s2", Paused: []string{"kata"}, Budgets: map[string]int{"hyperd": 40}},
+		},
+		{
+			name:    "RoutingPausedUnknownRuntimeRefused",
+			env:     map[string]string{"ROUTING_PAUSED": `["docker"]`},
+			wantErr: []string{`key "routing.paused[0]" (from env ROUTING_PAUSED)`},
+		},
+		{
 			name: "InvalidJSONNamesVar",
 			env:  map[string]string{"K8S_EXECUTOR_EXCLUSION": `[rhel6]`},
 			wantErr: []string{`key "executor.k8s.exclusion" (from env K8S_EXECUTOR_EXCLUSION)`,

@@ -89,6 +89,7 @@ func (c *Config) Validate() error {
 	v.vmPath()
 	v.ecosystem()
 	v.queue()
+	v.routing()
 	v.process()
 	return v.errs.err()
 }
@@ -369,6 +370,23 @@ func (v *validator) queue() {
 		v.fail("queue.blockTimeout", "must be under 1m, got %s", q.BlockTimeout)
 	}
 	v.positiveDuration("queue.operationTimeout", q.OperationTimeout)
+}
+
+func (v *validator) routing() {
+	r := v.c.Routing
+	v.oneOf("routing.stickiness", r.Stickiness, "job", "pipeline", "build")
+	for i, rt := range r.Paused {
+		key := indexKey("routing.paused", i)
+		v.oneOf(key, rt, RuntimeKata, RuntimeHyperD)
+		if slices.Index(r.Paused, rt) < i {
+			v.fail(key, "runtime %q is listed twice", rt)
+		}
+	}
+	for _, rt := range sortedKeys(r.Budgets) {
+		key := joinKey("routing.budgets", rt)
+		v.oneOf(key, rt, RuntimeKata, RuntimeHyperD)
+		v.nonNegativeInt(key, r.Budgets[rt])
+	}
 }
 
 func (v *validator) process() {

@@ -58,6 +58,20 @@ func TestValidate_Rules(t *testing.T) {
 			wantMsg:  `invalid regexp "i386("`,
 		},
 		{
+			name: "RoutingSwitchesValid",
+			mutate: func(c *Config) {
+				c.Routing = Routing{Stickiness: "pipeline", Salt: "s", Paused: []string{"kata"}, Budgets: map[string]int{"kata": 10, "hyperd": 0}}
+			},
+		},
+		{
+			name: "RoutingSwitchesRefused",
+			mutate: func(c *Config) {
+				c.Routing = Routing{Stickiness: "user", Paused: []string{"hyperd", "k8s", "hyperd"}, Budgets: map[string]int{"docker": 1, "kata": -1}}
+			},
+			wantKeys: []string{"routing.stickiness", "routing.paused[1]", "routing.paused[2]", "routing.budgets.docker", "routing.budgets.kata"},
+			wantMsg:  `runtime "hyperd" is listed twice`,
+		},
+		{
 			name:     "EmptyPatternRefused",
 			mutate:   func(c *Config) { c.Executor.K8s.Exclusions = []string{""} },
 			wantKeys: []string{"executor.k8s.exclusions[0]"},
