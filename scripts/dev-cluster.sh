@@ -19,6 +19,7 @@
 #   QW_APISERVER_PORT       16443   kube-apiserver (HTTPS)
 #   QW_KWOK_NODES_PER_POOL  2       fake nodes per pool
 #   QW_UP_TIMEOUT           120     seconds to wait for each readiness step
+#   QW_KCM_CONTROLLERS      (list below) kube-controller-manager --controllers
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -394,12 +395,21 @@ cmd_up() {
   for ((i = 0; i < ${#COMPONENTS[@]}; i++)); do
     if ! running "${COMPONENTS[i]}"; then first=$i; break; fi
   done
-  if ((first < 0)) && apiserver_ready; then
-    log "already running (state: $STATE)"
-    print_env
-    return 0
+  if ((first < 0)); then
+    # All processes alive: a busy apiserver may miss one probe, so give it a
+    # few seconds before deciding it is wedged and restarting from it.
+    for ((i = 0; i < 50; i++)); do
+      if apiserver_ready; then
+        [ -s "$KUBECONFIG_FILE" ] || write_kubeconfig
+        log "already running (state: $STATE)"
+        print_env
+        return 0
+      fi
+      sleep 0.2
+    done
+    log "all processes alive but kube-apiserver not ready for 10s"
+    first=1
   fi
-  ((first < 0)) && first=1 # everything alive but apiserver not ready: restart from it
 
   BIN=$("$HERE/build-controlplane.sh") || die "building the control plane failed"
   BIN=$(tail -n1 <<<"$BIN")
