@@ -4,16 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// Handler works one delivery and must settle it (Ack or Fail). A delivery the
-// handler leaves unsettled is returned to the head of its queue.
+// Handler works one delivery and must settle it (Ack, Fail, Retry,
+// RetryLater or Requeue). A delivery left unsettled goes back to the head of
+// its queue.
 type Handler interface {
 	Handle(ctx context.Context, d *Delivery)
 }
@@ -24,23 +27,79 @@ type HandlerFunc func(ctx context.Context, d *Delivery)
 // Handle calls f.
 func (f HandlerFunc) Handle(ctx context.Context, d *Delivery) { f(ctx, d) }
 
-// Options configure a Consumer.
+// RetryPolicy is the exponential backoff of failed attempts.
+type RetryPolicy struct {
+	// MaxRetries is how many times a failed job is re-queued before it goes
+	// to the failed list (the reference reprocesses 3 times).
+	MaxRetries int
+	// Delay is the first retry's delay; each later one is Factor times longer,
+	// capped at MaxDelay.
+	Delay    time.Duration
+	Factor   float64
+	MaxDelay time.Duration
+}
+
+// backoff is the delay before retry number attempt (1-based).
+func (p RetryPolicy) backoff(attempt int) time.Duration {
+	d := float64(p.Delay) * math.Pow(p.Factor, float64(attempt-1))
+	if p.MaxDelay > 0 && d > float64(p.MaxDelay) {
+		return p.MaxDelay
+	}
+	return time.Duration(d)
+}
+
+// Options configure a Consumer. Zero durations take the documented defaults.
 type Options struct {
 	// Queues are full queue names (prefix included), e.g. "builds".
 	Queues []string
 	// Concurrency is the number of slots; slots are spread over the queues
 	// round-robin, so it must be at least len(Queues).
 	Concurrency int
-	// WorkerName identifies this process in resque's tooling: "host:pid",
-	// at most one ':' (node-resque splits worker names on ':').
+	// WorkerName identifies this process: "host:pid". Slot i registers in
+	// resque's tooling as "<WorkerName>-<i>" (node-resque splits worker
+	// names on ':', so the name keeps exactly one).
 	WorkerName string
-	// BlockTimeout bounds one blocking take, so a stop is noticed promptly.
+	// BlockTimeout bounds one blocking take (whole seconds, ≥1s).
 	BlockTimeout time.Duration
 	// OperationTimeout bounds every non-blocking Redis call.
 	OperationTimeout time.Duration
 	// DrainTimeout is how long in-flight jobs may keep running after Run's
 	// context is cancelled; then their context is cancelled too.
 	DrainTimeout time.Duration
+	// LeaseDuration is how long a slot's claim on its job outlives its last
+	// heartbeat (default 30s). HeartbeatInterval defaults to a third of it.
+	LeaseDuration     time.Duration
+	HeartbeatInterval time.Duration
+	// RecoverInterval is how often expired leases are looked for (default
+	// half the lease). A negative value disables the recoverer.
+	RecoverInterval time.Duration
+	// SchedulerInterval is how often due delayed jobs are moved (default
+	// 500ms). A negative value disables the mover.
+	SchedulerInterval time.Duration
+	Retry             RetryPolicy
+	// OnDeadLetter is called after a job was written to the failed list.
+	OnDeadLetter func(ctx context.Context, job *Job, reason error)
+}
+
+func (o *Options) defaults() {
+	if o.LeaseDuration == 0 {
+		o.LeaseDuration = 30 * time.Second
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = o.LeaseDuration / 3
+	}
+	if o.RecoverInterval == 0 {
+		o.RecoverInterval = o.LeaseDuration / 2
+	}
+	if o.SchedulerInterval == 0 {
+		o.SchedulerInterval = 500 * time.Millisecond
+	}
+	if o.Retry.Factor == 0 {
+		o.Retry.Factor = 2
+	}
+	if o.Retry.Delay == 0 {
+		o.Retry.Delay = 5 * time.Second
+	}
 }
 
 // Consumer takes resque jobs and hands them to a Handler.
@@ -51,10 +110,12 @@ type Consumer struct {
 	log     *zap.Logger
 	metrics *Metrics
 	now     func() time.Time
+	slots   []*slot
 }
 
 // NewConsumer returns a consumer over rdb. metrics may be nil.
 func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Logger, metrics *Metrics) (*Consumer, error) {
+	opts.defaults()
 	if len(opts.Queues) == 0 {
 		return nil, errors.New("queue consumer: no queues to consume")
 	}
@@ -65,34 +126,84 @@ func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Lo
 		// go-redis sends blocking timeouts in whole seconds.
 		return nil, errors.New("queue consumer: block timeout must be at least 1s and the operation timeout positive")
 	}
+	if opts.HeartbeatInterval >= opts.LeaseDuration {
+		return nil, fmt.Errorf("queue consumer: heartbeat interval %v must be shorter than the lease %v", opts.HeartbeatInterval, opts.LeaseDuration)
+	}
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	return &Consumer{rdb: rdb, keys: keys, opts: opts, log: log, metrics: metrics, now: time.Now}, nil
+	c := &Consumer{rdb: rdb, keys: keys, opts: opts, log: log, metrics: metrics, now: time.Now}
+	for i := range opts.Concurrency {
+		name := opts.WorkerName + "-" + strconv.Itoa(i)
+		q := opts.Queues[i%len(opts.Queues)]
+		c.slots = append(c.slots, &slot{name: name, queue: q, inflight: keys.InFlight(name), record: keys.Worker(name, q)})
+	}
+	return c, nil
 }
 
-// slot is one concurrent taker with its own in-flight list.
+// slot is one concurrent taker with its own in-flight list and lease.
 type slot struct {
-	name     string // resque-style worker name of this slot
+	name     string // resque worker name
 	queue    string
 	inflight string
+	record   string // resque's <ns>:worker:<name>:<queue>
+	// cancelJob cancels the job in progress when the lease is found lost.
+	mu        sync.Mutex
+	cancelJob context.CancelFunc
 }
 
-func (c *Consumer) slots() []slot {
-	out := make([]slot, c.opts.Concurrency)
-	for i := range out {
-		name := c.opts.WorkerName + "-" + strconv.Itoa(i)
-		out[i] = slot{name: name, queue: c.opts.Queues[i%len(c.opts.Queues)], inflight: c.keys.InFlight(name)}
+func (s *slot) member() string { return s.name + ":" + s.queue }
+
+func (s *slot) setCancel(f context.CancelFunc) {
+	s.mu.Lock()
+	s.cancelJob = f
+	s.mu.Unlock()
+}
+
+func (s *slot) leaseLost() {
+	s.mu.Lock()
+	if s.cancelJob != nil {
+		s.cancelJob()
 	}
-	return out
+	s.mu.Unlock()
 }
 
 // Run takes and hands over jobs until ctx is cancelled, then lets jobs in
-// progress finish for up to DrainTimeout. It returns when every slot is done.
+// progress finish for up to DrainTimeout, returns what is left to its queue
+// and unregisters. It also runs the heartbeat, and unless disabled the
+// recoverer and the delayed-job mover, all stopped before it returns.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
+	bg := context.WithoutCancel(ctx)
+	// A previous process with the same name (a restarted container keeps its
+	// hostname and often PID 1) may have left jobs in our in-flight lists.
+	for _, s := range c.slots {
+		if err := c.requeueLeftovers(bg, s); err != nil {
+			return fmt.Errorf("returning leftover in-flight jobs of %s: %w", s.name, err)
+		}
+	}
+	if err := c.heartbeat(bg, true); err != nil {
+		return fmt.Errorf("registering worker slots: %w", err)
+	}
+
+	// The heartbeat must outlive the drain: a draining job keeps its lease.
+	hbCtx, stopHB := context.WithCancel(bg)
+	var bgWG sync.WaitGroup
+	bgWG.Add(1)
+	go func() { defer bgWG.Done(); c.heartbeatLoop(hbCtx) }()
+	if c.opts.RecoverInterval > 0 {
+		r := NewRecoverer(c.rdb, c.keys, c.opts.Queues[0], c.opts.OperationTimeout, c.log, c.metrics)
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); r.Run(ctx, c.opts.RecoverInterval) }()
+	}
+	if c.opts.SchedulerInterval > 0 {
+		m := NewMover(c.rdb, c.keys, c.opts.Queues[0], c.opts.OperationTimeout, c.log, c.metrics)
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); m.Run(ctx, c.opts.SchedulerInterval) }()
+	}
+
 	// workCtx outlives ctx by the drain timeout, so a SIGTERM stops taking
 	// without cutting off a pod create half-way.
-	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	workCtx, cancelWork := context.WithCancel(bg)
 	defer cancelWork()
 	stopDrain := context.AfterFunc(ctx, func() {
 		t := time.NewTimer(c.opts.DrainTimeout)
@@ -105,16 +216,8 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	})
 	defer stopDrain()
 
-	slots := c.slots()
-	// A previous process with the same name (a restarted container keeps its
-	// hostname and usually PID 1) may have left jobs in our in-flight lists.
-	for _, s := range slots {
-		if err := c.requeueInFlight(context.WithoutCancel(ctx), s); err != nil {
-			return fmt.Errorf("returning leftover in-flight jobs of %s: %w", s.name, err)
-		}
-	}
 	var wg sync.WaitGroup
-	for _, s := range slots {
+	for _, s := range c.slots {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -122,10 +225,13 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 		}()
 	}
 	wg.Wait()
+	stopHB()
+	bgWG.Wait()
+	c.unregister(bg)
 	return nil
 }
 
-func (c *Consumer) runSlot(ctx, workCtx context.Context, s slot, h Handler) {
+func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		raw, err := c.rdb.BLMove(ctx, c.keys.Queue(s.queue), s.inflight, "LEFT", "RIGHT", c.opts.BlockTimeout).Result()
@@ -143,6 +249,7 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s slot, h Handler) {
 		}
 		backoff.reset()
 		c.metrics.Taken.WithLabelValues(s.queue).Inc()
+		c.metrics.InFlight.Inc()
 		if ctx.Err() != nil {
 			// Stopped while the move was in flight: give the job straight back.
 			c.giveBack(s, raw)
@@ -152,39 +259,72 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s slot, h Handler) {
 	}
 }
 
-func (c *Consumer) deliver(ctx context.Context, s slot, raw string, h Handler) {
+func (c *Consumer) deliver(ctx context.Context, s *slot, raw string, h Handler) {
+	jobCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.setCancel(cancel)
+	defer s.setCancel(nil)
+
 	d := &Delivery{c: c, slot: s, raw: raw, takenAt: c.now()}
 	job, err := ParseJob([]byte(raw), s.queue)
+	c.recordWorkingOn(ctx, s, raw)
 	if err != nil {
 		// Nothing can make a malformed envelope succeed: dead-letter it with
 		// the reason instead of retrying or dropping it.
 		d.Job = &Job{Queue: s.queue, Raw: []byte(raw)}
-		if ferr := d.Fail(ctx, "MalformedJob", err); ferr != nil {
-			c.log.Error("dead-lettering a malformed job failed; it stays in flight", zap.String("queue", s.queue), zap.Error(ferr))
+		if ferr := d.Fail(jobCtx, "MalformedJob", err); ferr != nil {
+			c.log.Error("dead-lettering a malformed job failed; it stays in flight for recovery", zap.String("queue", s.queue), zap.Error(ferr))
 		}
 		return
 	}
 	d.Job = job
-	h.Handle(ctx, d)
-	if !d.settled {
+	h.Handle(jobCtx, d)
+	if !d.settled.Load() {
 		c.log.Error("handler left a job unsettled; returning it to its queue", zap.String("queue", s.queue), zap.String("class", job.Class))
 		c.giveBack(s, raw)
 	}
 }
 
-// giveBack returns a taken job to the head of its queue.
-func (c *Consumer) giveBack(s slot, raw string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.OperationTimeout)
+// recordWorkingOn mirrors the in-flight job into resque's worker record, so
+// node-resque's allWorkingOn() shows it. Informational: a failure is logged.
+func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string) {
+	v := make([]byte, 0, len(raw)+160)
+	v = append(v, `{"run_at":`...)
+	v = appendJSString(v, jsDate(c.now()))
+	v = append(v, `,"queue":`...)
+	v = appendJSString(v, s.queue)
+	v = append(v, `,"payload":`...)
+	if p, err := reencodeJS([]byte(raw)); err == nil {
+		v = append(v, p...)
+	} else {
+		v = appendJSString(v, raw)
+	}
+	v = append(v, `,"worker":`...)
+	v = appendJSString(v, s.name)
+	v = append(v, '}')
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.OperationTimeout)
 	defer cancel()
-	if err := requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(s.queue)}, raw).Err(); err != nil {
-		c.metrics.RedisErrors.WithLabelValues("requeue").Inc()
-		c.log.Error("returning a job to its queue failed; it stays in flight", zap.String("queue", s.queue), zap.Error(err))
+	if err := c.rdb.Set(ctx, s.record, v, 0).Err(); err != nil {
+		c.metrics.RedisErrors.WithLabelValues("record").Inc()
+		c.log.Warn("recording the job in resque's worker record failed", zap.String("slot", s.name), zap.Error(err))
 	}
 }
 
-// requeueInFlight moves every job left in a slot's in-flight list back to the
-// head of the queue named in the job (or the slot's queue).
-func (c *Consumer) requeueInFlight(ctx context.Context, s slot) error {
+// giveBack returns a taken job to the head of its queue.
+func (c *Consumer) giveBack(s *slot, raw string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.OperationTimeout)
+	defer cancel()
+	err := requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(s.queue), s.record}, raw).Err()
+	c.metrics.InFlight.Dec()
+	if err != nil {
+		c.metrics.RedisErrors.WithLabelValues("requeue").Inc()
+		c.log.Error("returning a job to its queue failed; it stays in flight for recovery", zap.String("queue", s.queue), zap.Error(err))
+	}
+}
+
+// requeueLeftovers moves every job left in a slot's in-flight list back to
+// the head of the queue named in the job (or the slot's queue).
+func (c *Consumer) requeueLeftovers(ctx context.Context, s *slot) error {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.OperationTimeout)
 	defer cancel()
 	left, err := c.rdb.LRange(ctx, s.inflight, 0, -1).Result()
@@ -196,82 +336,195 @@ func (c *Consumer) requeueInFlight(ctx context.Context, s slot) error {
 		if j, err := ParseJob([]byte(left[i]), s.queue); err == nil {
 			q = j.Queue
 		}
-		if err := requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(q)}, left[i]).Err(); err != nil {
+		if err := requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(q), s.record}, left[i]).Err(); err != nil {
 			return err
 		}
+		c.metrics.Recovered.Inc()
 		c.log.Info("returned a leftover in-flight job to its queue", zap.String("slot", s.name), zap.String("queue", q))
 	}
 	return nil
+}
+
+func (c *Consumer) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(c.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := c.heartbeat(ctx, false); err != nil && ctx.Err() == nil {
+				c.metrics.RedisErrors.WithLabelValues("heartbeat").Inc()
+				c.log.Warn("heartbeat failed; leases run out if this persists", zap.Error(err))
+			}
+		}
+	}
+}
+
+// heartbeat extends every slot's lease; first registers them.
+func (c *Consumer) heartbeat(ctx context.Context, first bool) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.OperationTimeout)
+	defer cancel()
+	flag := "0"
+	if first {
+		flag = "1"
+	}
+	args := []any{c.opts.LeaseDuration.Milliseconds()}
+	for _, s := range c.slots {
+		args = append(args, s.name, s.queue, s.member(), c.keys.WorkerStarted(s.name, s.queue), c.keys.WorkerPing(s.name), flag)
+	}
+	lost, err := heartbeatScript.Run(ctx, c.rdb, []string{c.keys.Leases(), c.keys.Slots(), c.keys.Workers()}, args...).StringSlice()
+	if err != nil {
+		return err
+	}
+	for _, name := range lost {
+		for _, s := range c.slots {
+			if s.name == name {
+				c.metrics.LeasesLost.Inc()
+				c.log.Error("lease lost (recovered by another replica after missed heartbeats); abandoning the job in progress", zap.String("slot", name))
+				s.leaseLost()
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Consumer) unregister(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.OperationTimeout)
+	defer cancel()
+	for _, s := range c.slots {
+		keys := []string{c.keys.Leases(), c.keys.Slots(), c.keys.Workers(), s.record,
+			c.keys.WorkerPing(s.name), c.keys.WorkerStarted(s.name, s.queue),
+			c.keys.WorkerStatProcessed(s.name), c.keys.WorkerStatFailed(s.name), s.inflight}
+		n, err := unregisterScript.Run(ctx, c.rdb, keys, s.name, s.member()).Int()
+		if err != nil {
+			c.log.Warn("unregistering a slot failed; its lease will expire", zap.String("slot", s.name), zap.Error(err))
+		} else if n == 0 {
+			c.log.Warn("slot still holds a job at exit; it returns to its queue when the lease expires", zap.String("slot", s.name))
+		}
+	}
 }
 
 // Delivery is one taken job and the handle to settle it.
 type Delivery struct {
 	Job     *Job
 	c       *Consumer
-	slot    slot
+	slot    *slot
 	raw     string
 	takenAt time.Time
-	settled bool
+	settled atomic.Bool
 }
 
-// Ack removes the job from flight and counts it processed.
-func (d *Delivery) Ack(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.c.opts.OperationTimeout)
-	defer cancel()
-	keys := []string{d.slot.inflight, d.c.keys.StatProcessed()}
-	n, err := ackScript.Run(ctx, d.c.rdb, keys, d.raw).Int()
+// settleCtx gives settling its own deadline, even when the job's context is
+// done: a cancelled job must still be written back.
+func (d *Delivery) settleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), d.c.opts.OperationTimeout)
+}
+
+func (d *Delivery) settle(op string, n int, err error) error {
 	if err != nil {
-		d.c.metrics.RedisErrors.WithLabelValues("ack").Inc()
-		return fmt.Errorf("acking job %s: %w", d.describe(), err)
+		d.c.metrics.RedisErrors.WithLabelValues(op).Inc()
+		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
 	}
-	d.settled = true
-	d.c.metrics.Acked.WithLabelValues(d.slot.queue).Inc()
+	d.settled.Store(true)
+	d.c.metrics.InFlight.Dec()
 	d.c.metrics.TakeToSettle.Observe(d.c.now().Sub(d.takenAt).Seconds())
 	if n == 0 {
-		d.c.log.Warn("acked job was no longer in flight (recovered elsewhere?)", zap.String("slot", d.slot.name))
+		d.c.metrics.LostSettles.WithLabelValues(op).Inc()
+		d.c.log.Warn("job was no longer in flight (its lease was recovered elsewhere); nothing written", zap.String("slot", d.slot.name), zap.String("op", op))
 	}
 	return nil
 }
 
-// Fail moves the job to the resque failed list with exception and reason, in
-// node-resque's format, so resque tooling can show and retry it.
+// Ack removes the job from flight and counts it processed.
+func (d *Delivery) Ack(ctx context.Context) error {
+	ctx, cancel := d.settleCtx(ctx)
+	defer cancel()
+	keys := []string{d.slot.inflight, d.c.keys.StatProcessed(), d.c.keys.WorkerStatProcessed(d.slot.name), d.slot.record}
+	n, err := ackScript.Run(ctx, d.c.rdb, keys, d.raw).Int()
+	if err == nil && n == 1 {
+		d.c.metrics.Acked.WithLabelValues(d.slot.queue).Inc()
+	}
+	return d.settle("ack", n, err)
+}
+
+// Fail moves the job to the resque failed list at once, with exception and
+// reason, in node-resque's format so resque tooling can show and retry it.
+// Use it for failures no retry can fix.
 func (d *Delivery) Fail(ctx context.Context, exception string, reason error) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.c.opts.OperationTimeout)
+	ctx, cancel := d.settleCtx(ctx)
 	defer cancel()
 	entry := Failure{
-		Worker:    d.c.opts.WorkerName,
+		Worker:    d.slot.name,
 		Queue:     d.Job.Queue,
 		Payload:   []byte(d.raw),
 		Exception: exception,
 		Error:     reason.Error(),
 		FailedAt:  d.c.now(),
 	}.Encode()
-	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed()}
+	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(d.slot.name), d.slot.record}
 	n, err := failScript.Run(ctx, d.c.rdb, keys, d.raw, entry).Int()
-	if err != nil {
-		d.c.metrics.RedisErrors.WithLabelValues("fail").Inc()
-		return fmt.Errorf("dead-lettering job %s: %w", d.describe(), err)
+	if err := d.settle("fail", n, err); err != nil {
+		return err
 	}
-	d.settled = true
-	d.c.metrics.DeadLettered.WithLabelValues(d.slot.queue).Inc()
-	d.c.metrics.TakeToSettle.Observe(d.c.now().Sub(d.takenAt).Seconds())
-	if n == 0 {
-		d.c.log.Warn("failed job was no longer in flight (recovered elsewhere?); not written twice", zap.String("slot", d.slot.name))
+	if n == 1 {
+		d.c.metrics.DeadLettered.WithLabelValues(d.slot.queue).Inc()
+		if d.c.opts.OnDeadLetter != nil && d.Job.Class != "" {
+			d.c.opts.OnDeadLetter(ctx, d.Job, reason)
+		}
 	}
 	return nil
 }
 
-// Requeue returns the job to the head of its queue unchanged, e.g. when the
-// worker cannot work it right now and nothing about the job is wrong.
-func (d *Delivery) Requeue(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.c.opts.OperationTimeout)
-	defer cancel()
-	if err := requeueScript.Run(ctx, d.c.rdb, []string{d.slot.inflight, d.c.keys.Queue(d.slot.queue)}, d.raw).Err(); err != nil {
-		d.c.metrics.RedisErrors.WithLabelValues("requeue").Inc()
-		return fmt.Errorf("requeueing job %s: %w", d.describe(), err)
+// Retry re-queues a failed attempt through the delayed schedule with
+// exponential backoff, or, after the last retry, writes the job to the
+// failed list. It reports whether the job was re-queued.
+func (d *Delivery) Retry(ctx context.Context, exception string, reason error) (bool, error) {
+	next := d.Job.Attempt + 1
+	if next > d.c.opts.Retry.MaxRetries {
+		err := d.Fail(ctx, exception, fmt.Errorf("%w (gave up after %d attempts)", reason, next))
+		return false, err
 	}
-	d.settled = true
+	if err := d.schedule(ctx, d.c.opts.Retry.backoff(next), next, "retry"); err != nil {
+		return false, err
+	}
+	d.c.metrics.Retried.WithLabelValues(d.slot.queue).Inc()
+	d.c.log.Info("job re-queued for a later attempt", zap.String("class", d.Job.Class), zap.Int("attempt", next),
+		zap.Duration("delay", d.c.opts.Retry.backoff(next)), zap.String("reason", reason.Error()))
+	return true, nil
+}
+
+// RetryLater puts the job back after delay without counting an attempt: the
+// job is fine, the worker cannot run it now (a paused runtime, a budget, an
+// open circuit breaker).
+func (d *Delivery) RetryLater(ctx context.Context, delay time.Duration) error {
+	if err := d.schedule(ctx, delay, d.Job.Attempt, "delay"); err != nil {
+		return err
+	}
+	d.c.metrics.Postponed.WithLabelValues(d.slot.queue).Inc()
 	return nil
+}
+
+func (d *Delivery) schedule(ctx context.Context, delay time.Duration, attempt int, op string) error {
+	next, err := d.Job.withAttempt(attempt)
+	if err != nil {
+		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
+	}
+	// node-resque's enqueueIn rounds to the nearest second.
+	ts := int64(math.Round(float64(d.c.now().Add(delay).UnixMilli()) / 1000))
+	ctx, cancel := d.settleCtx(ctx)
+	defer cancel()
+	keys := []string{d.slot.inflight, d.c.keys.Delayed(ts), d.c.keys.Timestamps(string(next)), d.c.keys.DelayedSchedule(), d.slot.record}
+	n, err := delayScript.Run(ctx, d.c.rdb, keys, d.raw, next, ts).Int()
+	return d.settle(op, n, err)
+}
+
+// Requeue returns the job to the head of its queue unchanged.
+func (d *Delivery) Requeue(ctx context.Context) error {
+	ctx, cancel := d.settleCtx(ctx)
+	defer cancel()
+	n, err := requeueScript.Run(ctx, d.c.rdb, []string{d.slot.inflight, d.c.keys.Queue(d.slot.queue), d.slot.record}, d.raw).Int()
+	return d.settle("requeue", n, err)
 }
 
 func (d *Delivery) describe() string {
@@ -280,27 +533,6 @@ func (d *Delivery) describe() string {
 	}
 	return "from " + d.slot.queue
 }
-
-// Scripts: each settles a job atomically, and only if it is still in this
-// slot's in-flight list, so a job recovered by another replica is never
-// written twice.
-var (
-	ackScript = redis.NewScript(`
-local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if n == 1 then redis.call('INCR', KEYS[2]) end
-return n`)
-	failScript = redis.NewScript(`
-local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if n == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('INCR', KEYS[3])
-end
-return n`)
-	requeueScript = redis.NewScript(`
-local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if n == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) end
-return n`)
-)
 
 type backoff struct{ min, max, cur time.Duration }
 

@@ -80,7 +80,6 @@ func (f *fixture) inFlight(t *testing.T) int64 {
 	return total
 }
 
-
 func TestConsumer_AckedJobLeavesNoTrace(t *testing.T) {
 	f := newFixture(t, 2)
 	job := `{"class":"start","queue":"builds","args":[{"buildId":1,"jobId":1}]}`
@@ -139,7 +138,7 @@ func TestConsumer_MalformedJobGoesToFailedListWithReason(t *testing.T) {
 			if err := json.Unmarshal([]byte(entry), &e); err != nil {
 				t.Fatalf("failed entry is not JSON: %v: %s", err, entry)
 			}
-			if e["exception"] != "MalformedJob" || e["queue"] != "builds" || e["worker"] != f.opts.WorkerName {
+			if e["exception"] != "MalformedJob" || e["queue"] != "builds" || e["worker"] != f.opts.WorkerName+"-0" {
 				t.Fatalf("entry fields: %s", entry)
 			}
 			if !strings.Contains(entry, tt.reason) {
@@ -166,7 +165,7 @@ func TestConsumer_FailWritesNodeResqueEntry(t *testing.T) {
 	testbed.Eventually(t, 5*time.Second, "failed entry", func() bool { return f.rdb.LLen(ctx, f.keys.Failed()).Val() == 1 })
 	stop()
 	entry := f.rdb.LIndex(ctx, f.keys.Failed(), 0).Val()
-	prefix := `{"worker":"` + f.opts.WorkerName + `","queue":"builds","payload":` + job + `,"exception":"InvalidPayload","error":"container (the build image) is required","backtrace":null,"failed_at":"`
+	prefix := `{"worker":"` + f.opts.WorkerName + `-0","queue":"builds","payload":` + job + `,"exception":"InvalidPayload","error":"container (the build image) is required","backtrace":null,"failed_at":"`
 	if !strings.HasPrefix(entry, prefix) || !strings.HasSuffix(entry, `(Coordinated Universal Time)"}`) {
 		t.Fatalf("entry\n%s\nwant prefix\n%s", entry, prefix)
 	}
@@ -284,4 +283,3 @@ func TestConsumer_ManyJobsEachAckedOnce(t *testing.T) {
 		}
 	}
 }
-

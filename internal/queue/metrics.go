@@ -1,44 +1,115 @@
 package queue
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
 
 // Metrics are the queue's collectors. Labels are bounded: queue names come
 // from config, ops from this package.
 type Metrics struct {
 	Taken        *prometheus.CounterVec
 	Acked        *prometheus.CounterVec
+	Retried      *prometheus.CounterVec
+	Postponed    *prometheus.CounterVec
 	DeadLettered *prometheus.CounterVec
+	Recovered    prometheus.Counter
+	DelayedMoved prometheus.Counter
+	LeasesLost   prometheus.Counter
+	LostSettles  *prometheus.CounterVec
+	InFlight     prometheus.Gauge
 	RedisErrors  *prometheus.CounterVec
 	TakeToSettle prometheus.Histogram
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: name, Help: help}, labels)
+	}
 	m := &Metrics{
-		Taken: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Subsystem: "queue", Name: "taken_total",
-			Help: "Jobs taken from a resque queue.",
-		}, []string{"queue"}),
-		Acked: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Subsystem: "queue", Name: "acked_total",
-			Help: "Jobs acknowledged (done) and removed from flight.",
-		}, []string{"queue"}),
-		DeadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Subsystem: "queue", Name: "dead_lettered_total",
-			Help: "Jobs written to the resque failed list.",
-		}, []string{"queue"}),
-		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Subsystem: "queue", Name: "redis_errors_total",
-			Help: "Redis calls that failed, by operation.",
-		}, []string{"op"}),
+		Taken:        counter("taken_total", "Jobs taken from a resque queue.", "queue"),
+		Acked:        counter("acked_total", "Jobs acknowledged (done) and removed from flight.", "queue"),
+		Retried:      counter("retried_total", "Failed attempts re-queued through the delayed schedule.", "queue"),
+		Postponed:    counter("postponed_total", "Jobs put back for later without counting an attempt (paused runtime, budget, open breaker).", "queue"),
+		DeadLettered: counter("dead_lettered_total", "Jobs written to the resque failed list.", "queue"),
+		Recovered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "recovered_total",
+			Help: "Jobs of dead or lease-less worker slots returned to their queue."}),
+		DelayedMoved: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "delayed_moved_total",
+			Help: "Due delayed jobs moved into their queue."}),
+		LeasesLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "leases_lost_total",
+			Help: "Slots that found their lease recovered by another replica (missed heartbeats)."}),
+		LostSettles: counter("lost_settles_total", "Settles that found the job no longer in flight (recovered elsewhere).", "op"),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "in_flight",
+			Help: "Jobs taken by this process and not yet settled."}),
+		RedisErrors: counter("redis_errors_total", "Redis calls that failed, by operation.", "op"),
 		TakeToSettle: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "queue_worker", Subsystem: "queue", Name: "take_to_settle_seconds",
-			Help:    "Time from taking a job to acking or dead-lettering it.",
+			Help:    "Time from taking a job to settling it (ack, retry, failed list).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Taken, m.Acked, m.DeadLettered, m.RedisErrors, m.TakeToSettle)
+		reg.MustRegister(m.Taken, m.Acked, m.Retried, m.Postponed, m.DeadLettered, m.Recovered, m.DelayedMoved,
+			m.LeasesLost, m.LostSettles, m.InFlight, m.RedisErrors, m.TakeToSettle)
 	}
 	return m
+}
+
+// DepthCollector reports queue lengths, the failed list and the delayed
+// schedule at scrape time (asynq's exporter pattern), bounded by a timeout.
+type DepthCollector struct {
+	rdb     redis.UniversalClient
+	keys    Keys
+	queues  []string
+	timeout time.Duration
+	depth   *prometheus.Desc
+	failed  *prometheus.Desc
+	delayed *prometheus.Desc
+	up      *prometheus.Desc
+}
+
+// NewDepthCollector returns a collector for the given full queue names.
+func NewDepthCollector(rdb redis.UniversalClient, keys Keys, queues []string, timeout time.Duration) *DepthCollector {
+	return &DepthCollector{
+		rdb: rdb, keys: keys, queues: queues, timeout: timeout,
+		depth:   prometheus.NewDesc("queue_worker_queue_depth", "Jobs waiting in a resque queue.", []string{"queue"}, nil),
+		failed:  prometheus.NewDesc("queue_worker_queue_failed_list_length", "Entries in the resque failed list.", nil, nil),
+		delayed: prometheus.NewDesc("queue_worker_queue_delayed_timestamps", "Timestamps with delayed jobs scheduled.", nil, nil),
+		up:      prometheus.NewDesc("queue_worker_queue_depth_scrape_ok", "1 if the depth scrape reached Redis.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (d *DepthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- d.depth
+	ch <- d.failed
+	ch <- d.delayed
+	ch <- d.up
+}
+
+// Collect implements prometheus.Collector.
+func (d *DepthCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+	defer cancel()
+	pipe := d.rdb.Pipeline()
+	lens := make([]*redis.IntCmd, len(d.queues))
+	for i, q := range d.queues {
+		lens[i] = pipe.LLen(ctx, d.keys.Queue(q))
+	}
+	failed := pipe.LLen(ctx, d.keys.Failed())
+	delayed := pipe.ZCard(ctx, d.keys.DelayedSchedule())
+	if _, err := pipe.Exec(ctx); err != nil {
+		ch <- prometheus.MustNewConstMetric(d.up, prometheus.GaugeValue, 0)
+		return
+	}
+	for i, q := range d.queues {
+		ch <- prometheus.MustNewConstMetric(d.depth, prometheus.GaugeValue, float64(lens[i].Val()), q)
+	}
+	ch <- prometheus.MustNewConstMetric(d.failed, prometheus.GaugeValue, float64(failed.Val()))
+	ch <- prometheus.MustNewConstMetric(d.delayed, prometheus.GaugeValue, float64(delayed.Val()))
+	ch <- prometheus.MustNewConstMetric(d.up, prometheus.GaugeValue, 1)
 }

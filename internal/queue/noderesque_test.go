@@ -257,8 +257,8 @@ func TestNodeResque_FailedEntryIsListedAndRetriedByNodeTooling(t *testing.T) {
 		t.Fatalf("node-resque lists %d failed entries, want 1: %+v", len(res.Listed), res.Listed)
 	}
 	e := res.Listed[0]
-	if e.Worker != f.opts.WorkerName {
-		t.Errorf("worker %q, want %q", e.Worker, f.opts.WorkerName)
+	if e.Worker != f.opts.WorkerName+"-0" { // each slot is a resque worker of its own
+		t.Errorf("worker %q, want %q", e.Worker, f.opts.WorkerName+"-0")
 	}
 	if strings.Count(e.Worker, ":") > 1 {
 		t.Errorf("worker %q has more than one ':'; node-resque tools would mis-split it", e.Worker)

@@ -99,6 +99,12 @@ func Kube(t testing.TB) (kubernetes.Interface, string) {
 		defer cancel()
 		_ = cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
 	})
+	// Pods are refused until the controller-manager has made the namespace's
+	// default ServiceAccount (milliseconds).
+	Eventually(t, 10*time.Second, "default ServiceAccount in "+name, func() bool {
+		_, err := cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil
+	})
 	return cs, name
 }
 

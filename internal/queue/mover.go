@@ -1,0 +1,90 @@
+package queue
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Mover moves due delayed jobs into their queues, compatible with
+// node-resque's scheduler: the same delayed_queue_schedule zset, per-second
+// delayed:<ts> lists and timestamps:<job> sets. Each timestamp is moved by
+// one script, so any number of replicas, and a node-resque scheduler, can run
+// at once without moving a job twice; no leader lock is needed.
+type Mover struct {
+	rdb      redis.UniversalClient
+	keys     Keys
+	fallback string
+	timeout  time.Duration
+	log      *zap.Logger
+	metrics  *Metrics
+	now      func() time.Time
+}
+
+// NewMover returns a mover; fallback is the queue for a delayed job that
+// names none. metrics may be nil.
+func NewMover(rdb redis.UniversalClient, keys Keys, fallback string, timeout time.Duration, log *zap.Logger, metrics *Metrics) *Mover {
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	return &Mover{rdb: rdb, keys: keys, fallback: fallback, timeout: timeout, log: log, metrics: metrics, now: time.Now}
+}
+
+// moveBatch bounds one script run, so a huge timestamp cannot stall Redis.
+const moveBatch = 500
+
+// Run moves due jobs every interval until ctx is done.
+func (m *Mover) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := m.MoveDue(ctx); err != nil && ctx.Err() == nil {
+			m.metrics.RedisErrors.WithLabelValues("move_delayed").Inc()
+			m.log.Warn("moving due delayed jobs failed", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// MoveDue moves every job due by now and returns how many it moved.
+func (m *Mover) MoveDue(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.timeout)
+	defer cancel()
+	// node-resque compares against round(now) in seconds.
+	now := (m.now().UnixMilli() + 500) / 1000
+	due, err := m.rdb.ZRangeByScore(ctx, m.keys.DelayedSchedule(), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(now, 10), Count: 100,
+	}).Result()
+	if err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, tsStr := range due {
+		ts, err := strconv.ParseInt(tsStr, 10, 64)
+		if err != nil {
+			m.log.Warn("ignoring a non-numeric delayed timestamp", zap.String("member", tsStr))
+			continue
+		}
+		for {
+			n, err := moveDueScript.Run(ctx, m.rdb,
+				[]string{m.keys.DelayedSchedule(), m.keys.Delayed(ts), m.keys.Queues()},
+				tsStr, m.keys.Namespace(), m.fallback, moveBatch).Int()
+			if err != nil {
+				return total, err
+			}
+			total += n
+			m.metrics.DelayedMoved.Add(float64(n))
+			if n < moveBatch {
+				break
+			}
+		}
+	}
+	return total, nil
+}
