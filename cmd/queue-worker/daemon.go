@@ -29,7 +29,7 @@ import (
 	"github.com/sdkata/queue-worker/internal/worker"
 )
 
-func runDaemon(ctx context.Context, cfg *config.Config) error {
+func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOptions) error {
 	log, err := logging.New(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
@@ -40,10 +40,15 @@ func runDaemon(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	logRouting(log, cfg, rules)
+	log.Info("routing rules loaded", routing.RulesFields(cfg, rules)...)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	holder := weightage.NewHolder(rules)
+	if err := watchRouting(ctx, cfg, loadOpts, holder, log.Named("routing"), routing.NewMetrics(reg)); err != nil {
+		return err
+	}
 
 	rdb := newRedis(cfg)
 	defer func() { _ = rdb.Close() }()
@@ -70,27 +75,43 @@ func runDaemon(ctx context.Context, cfg *config.Config) error {
 	for i, q := range cfg.Queue.Queues {
 		queues[i] = cfg.Queue.Prefix + q
 	}
+	qlog := log.Named("queue")
 	consumer, err := queue.NewConsumer(rdb, keys, queue.Options{
-		Queues:           queues,
-		Concurrency:      cfg.Worker.Concurrency,
-		WorkerName:       workerName(),
-		BlockTimeout:     cfg.Queue.BlockTimeout,
-		OperationTimeout: cfg.Queue.OperationTimeout,
-		DrainTimeout:     cfg.Worker.ShutdownGracePeriod,
-	}, log.Named("queue"), queue.NewMetrics(reg))
+		Queues:            queues,
+		Concurrency:       cfg.Worker.Concurrency,
+		WorkerName:        workerName(),
+		BlockTimeout:      cfg.Queue.BlockTimeout,
+		OperationTimeout:  cfg.Queue.OperationTimeout,
+		DrainTimeout:      cfg.Worker.ShutdownGracePeriod,
+		LeaseDuration:     cfg.Queue.LeaseDuration,
+		RecoverInterval:   cfg.Queue.RecoverInterval,
+		SchedulerInterval: cfg.Queue.SchedulerInterval,
+		Retry: queue.RetryPolicy{
+			MaxRetries: cfg.Queue.Retry.MaxRetries,
+			Delay:      cfg.Queue.Retry.Delay,
+			Factor:     cfg.Queue.Retry.Factor,
+			MaxDelay:   cfg.Queue.Retry.MaxDelay,
+		},
+		OnDeadLetter: func(_ context.Context, j *queue.Job, reason error) {
+			// TODO(issue 5): report FAILURE to the CI API for start jobs.
+			qlog.Warn("job dead-lettered", zap.String("class", j.Class), zap.String("reason", reason.Error()))
+		},
+	}, qlog, queue.NewMetrics(reg))
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(queue.NewDepthCollector(rdb, keys, queues, cfg.Queue.OperationTimeout))
+	// A stop mark outlives any start of the same build still in the queue or
+	// in its retries.
+	const stopMarkTTL = 24 * time.Hour
 	w := worker.New(exec,
 		queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout),
-		weightage.NewHolder(rules),
-		worker.Retry{
-			MaxAttempts: cfg.Executor.K8s.Options.RequestRetry.MaxAttempts,
-			Delay:       time.Duration(cfg.Executor.K8s.Options.RequestRetry.RetryDelay) * time.Millisecond,
-		},
+		holder,
+		queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout),
 		log.Named("worker"), worker.NewMetrics(reg))
 
 	srv := httpserver.New(reg, log.Named("http"))
+	srv.Handle("/debug/route", routing.Handler(holder))
 	srv.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	srv.AddCheck("kubernetes", func(ctx context.Context) error {
 		// A namespaced list also proves the RBAC the worker needs.
@@ -129,23 +150,26 @@ func runDaemon(ctx context.Context, cfg *config.Config) error {
 	return nil
 }
 
-func logRouting(log *zap.Logger, cfg *config.Config, r *weightage.Rules) {
-	pct, derived := routing.KataPercent(cfg)
-	fields := []zap.Field{
-		zap.String("default_runtime", string(r.Default)),
-		zap.Strings("exclusions", cfg.ExclusionPatterns()),
-		zap.String("rules_version", r.Version),
+// watchRouting keeps holder in step with the --config file: a valid change
+// swaps the routing rules in; an invalid one is logged and the rules in
+// force stay. Without --config there is nothing to watch (env and the
+// shipped defaults cannot change under a running process).
+func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptions, holder *weightage.Holder, log *zap.Logger, m *routing.Metrics) error {
+	reloader := routing.NewReloader(holder, cfg, log, m)
+	if opts.OverlayFile == "" {
+		return nil
 	}
-	switch {
-	case pct == nil:
-		fields = append(fields, zap.String("weighted", "off (no executor.k8s.weightage): builds without annotation or exclusion go to the default"))
-	case derived:
-		fields = append(fields, zap.Float64("kata_percent", *pct),
-			zap.String("derived_from", fmt.Sprintf("relative weights k8s=%v k8s-vm=%v", *cfg.Executor.K8s.Weightage, *cfg.Executor.K8sVM.Weightage)))
-	default:
-		fields = append(fields, zap.Float64("kata_percent", *pct))
+	kubeconfig := cfg.Kubernetes.Kubeconfig // --kubeconfig, applied after Load
+	err := config.Watch(ctx, opts, func(c *config.Config, err error) {
+		if c != nil {
+			c.Kubernetes.Kubeconfig = kubeconfig
+		}
+		reloader.Apply(c, err)
+	})
+	if err != nil {
+		return fmt.Errorf("watching the config file for routing changes: %w", err)
 	}
-	log.Info("routing rules loaded", fields...)
+	return nil
 }
 
 func workerName() string {

@@ -214,6 +214,23 @@ type Queue struct {
 	BlockTimeout time.Duration `yaml:"blockTimeout" mapstructure:"blockTimeout"`
 	// OperationTimeout bounds every non-blocking Redis call.
 	OperationTimeout time.Duration `yaml:"operationTimeout" mapstructure:"operationTimeout"`
+	// LeaseDuration is how long a worker slot's claim on its job outlives its
+	// last heartbeat; a dead replica's jobs return to the queue after it.
+	LeaseDuration time.Duration `yaml:"leaseDuration" mapstructure:"leaseDuration"`
+	// RecoverInterval is how often every replica looks for expired leases.
+	RecoverInterval time.Duration `yaml:"recoverInterval" mapstructure:"recoverInterval"`
+	// SchedulerInterval is how often due delayed jobs are moved to their queue.
+	SchedulerInterval time.Duration `yaml:"schedulerInterval" mapstructure:"schedulerInterval"`
+	Retry             QueueRetry    `yaml:"retry" mapstructure:"retry"`
+}
+
+// QueueRetry is the backoff of failed attempts (the reference reprocesses a
+// job 3 times, 5 s after the first failure).
+type QueueRetry struct {
+	MaxRetries int           `yaml:"maxRetries" mapstructure:"maxRetries"`
+	Delay      time.Duration `yaml:"delay" mapstructure:"delay"`
+	Factor     float64       `yaml:"factor" mapstructure:"factor"`
+	MaxDelay   time.Duration `yaml:"maxDelay" mapstructure:"maxDelay"`
 }
 
 // RedisConnection is queue.redisConnection.

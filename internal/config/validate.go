@@ -370,6 +370,25 @@ func (v *validator) queue() {
 		v.fail("queue.blockTimeout", "must be under 1m, got %s", q.BlockTimeout)
 	}
 	v.positiveDuration("queue.operationTimeout", q.OperationTimeout)
+	if q.BlockTimeout > 0 && q.BlockTimeout < time.Second {
+		// Redis clients send blocking timeouts in whole seconds.
+		v.fail("queue.blockTimeout", "must be at least 1s, got %s", q.BlockTimeout)
+	}
+	v.positiveDuration("queue.leaseDuration", q.LeaseDuration)
+	if q.LeaseDuration > 0 && q.LeaseDuration < 3*time.Second {
+		// The heartbeat runs every third of the lease; shorter leases expire on a GC pause.
+		v.fail("queue.leaseDuration", "must be at least 3s, got %s", q.LeaseDuration)
+	}
+	v.positiveDuration("queue.recoverInterval", q.RecoverInterval)
+	v.positiveDuration("queue.schedulerInterval", q.SchedulerInterval)
+	v.nonNegativeInt("queue.retry.maxRetries", q.Retry.MaxRetries)
+	v.positiveDuration("queue.retry.delay", q.Retry.Delay)
+	if q.Retry.Factor < 1 || math.IsNaN(q.Retry.Factor) || math.IsInf(q.Retry.Factor, 0) {
+		v.fail("queue.retry.factor", "must be a finite number ≥ 1, got %v", q.Retry.Factor)
+	}
+	if q.Retry.MaxDelay < q.Retry.Delay {
+		v.fail("queue.retry.maxDelay", "must be at least queue.retry.delay (%s), got %s", q.Retry.Delay, q.Retry.MaxDelay)
+	}
 }
 
 func (v *validator) routing() {

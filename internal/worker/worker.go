@@ -38,11 +38,11 @@ type RulesSource interface {
 	Current() *weightage.Rules
 }
 
-// Retry bounds in-place retries of errors that may pass (API unreachable,
-// server errors, timeouts).
-type Retry struct {
-	MaxAttempts int
-	Delay       time.Duration
+// StopMarks record stops so that a start never outlives its build's stop,
+// whichever replica or slot handles each.
+type StopMarks interface {
+	MarkStopped(ctx context.Context, buildID int64) error
+	Stopped(ctx context.Context, buildID, jobID int64) (bool, error)
 }
 
 // Worker handles deliveries from the queue.
@@ -50,20 +50,17 @@ type Worker struct {
 	exec    Executor
 	configs ConfigStore
 	rules   RulesSource
-	retry   Retry
+	marks   StopMarks
 	log     *zap.Logger
 	metrics *Metrics
 }
 
 // New returns a worker. metrics may be nil.
-func New(exec Executor, configs ConfigStore, rules RulesSource, retry Retry, log *zap.Logger, metrics *Metrics) *Worker {
+func New(exec Executor, configs ConfigStore, rules RulesSource, marks StopMarks, log *zap.Logger, metrics *Metrics) *Worker {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	if retry.MaxAttempts < 1 {
-		retry.MaxAttempts = 1
-	}
-	return &Worker{exec: exec, configs: configs, rules: rules, retry: retry, log: log, metrics: metrics}
+	return &Worker{exec: exec, configs: configs, rules: rules, marks: marks, log: log, metrics: metrics}
 }
 
 // permanentError is a failure no retry can fix; exception becomes the
@@ -86,18 +83,7 @@ func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
 	class := classLabel(d.Job.Class)
 	log := w.log.With(zap.String("class", d.Job.Class), zap.String("queue", d.Job.Queue))
 
-	var err error
-	for attempt := 1; ; attempt++ {
-		err = w.dispatch(ctx, d.Job, log)
-		var perm *permanentError
-		if err == nil || errors.As(err, &perm) || attempt >= w.retry.MaxAttempts || ctx.Err() != nil {
-			break
-		}
-		log.Warn("job attempt failed; retrying", zap.Int("attempt", attempt), zap.Error(err))
-		if !sleep(ctx, w.retry.Delay) {
-			break
-		}
-	}
+	err := w.dispatch(ctx, d.Job, log)
 	w.metrics.Duration.WithLabelValues(class).Observe(time.Since(start).Seconds())
 
 	if err == nil {
@@ -115,16 +101,26 @@ func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
 		w.metrics.Jobs.WithLabelValues(class, "requeued").Inc()
 		return
 	}
-	exception := "Error"
 	var perm *permanentError
 	if errors.As(err, &perm) {
-		exception = perm.exception
+		log.Error("job cannot succeed; writing it to the failed list", zap.String("reason", err.Error()), zap.String("exception", perm.exception))
+		if ferr := d.Fail(ctx, perm.exception, err); ferr != nil {
+			log.Error("writing the failed job failed; it stays in flight for recovery", zap.Error(ferr))
+		}
+		w.metrics.Jobs.WithLabelValues(class, "failed").Inc()
+		return
 	}
-	log.Error("job failed; writing it to the failed list", zap.String("reason", err.Error()), zap.String("exception", exception))
-	if ferr := d.Fail(ctx, exception, err); ferr != nil {
-		log.Error("writing the failed job failed; it stays in flight for recovery", zap.Error(ferr))
+	retried, rerr := d.Retry(ctx, "Error", err)
+	switch {
+	case rerr != nil:
+		log.Error("re-queueing a failed attempt failed; it stays in flight for recovery", zap.String("reason", err.Error()), zap.Error(rerr))
+	case retried:
+		log.Warn("job attempt failed; re-queued with backoff", zap.String("reason", err.Error()), zap.Int("attempt", d.Job.Attempt+1))
+		w.metrics.Jobs.WithLabelValues(class, "retried").Inc()
+	default:
+		log.Error("job failed after its last retry; written to the failed list", zap.String("reason", err.Error()))
+		w.metrics.Jobs.WithLabelValues(class, "failed").Inc()
 	}
-	w.metrics.Jobs.WithLabelValues(class, "failed").Inc()
 }
 
 func (w *Worker) dispatch(ctx context.Context, j *queue.Job, log *zap.Logger) error {
@@ -182,6 +178,12 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error
 		return permanent("InvalidPayload", err)
 	}
 	log = log.With(zap.Int64("build_id", b.BuildID), zap.Int64("job_id", b.JobID))
+	if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+		return err
+	} else if stopped {
+		log.Info("build was stopped before it started; not launching it")
+		return nil
+	}
 	d := weightage.Route(RoutingInput(b), w.rules.Current())
 	if d.IgnoredExecutor != "" {
 		log.Warn("executor annotation names no known executor; routing by the other rules", zap.String("executor", d.IgnoredExecutor))
@@ -195,6 +197,14 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error
 	}
 	if res.Created {
 		w.metrics.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
+		// A stop handled while we were creating may have found no pod to
+		// delete: look again now that the pod exists.
+		if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+			return err
+		} else if stopped {
+			log.Info("build was stopped while its pod was being created; deleting it")
+			return w.exec.Stop(ctx, b.BuildID)
+		}
 	}
 	log.Info("build started",
 		zap.String("runtime", string(res.Runtime)),
@@ -215,6 +225,10 @@ func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) error 
 		return permanent("InvalidPayload", err)
 	}
 	log = log.With(zap.Int64("build_id", b.BuildID))
+	// Mark first: a start of this build handled from now on, anywhere, sees it.
+	if err := w.marks.MarkStopped(ctx, b.BuildID); err != nil {
+		return err
+	}
 	if b.Started != nil && !*b.Started {
 		log.Info("stop of a build that never started; nothing to delete")
 	} else if err := w.exec.Stop(ctx, b.BuildID); err != nil {
@@ -250,16 +264,6 @@ func classLabel(c string) string {
 	return "other"
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
 
 // Metrics are the worker's collectors.
 type Metrics struct {
@@ -273,7 +277,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "jobs_total",
-			Help: "Jobs handled by class (start, stop, other) and outcome (succeeded, failed, requeued).",
+			Help: "Jobs handled by class (start, stop, other) and outcome (succeeded, retried, failed, requeued).",
 		}, []string{"class", "outcome"}),
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_decisions_total",
@@ -281,12 +285,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"runtime", "rule"}),
 		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "queue_worker", Name: "job_duration_seconds",
-			Help:    "Time to handle one job, retries included.",
+			Help:    "Time to handle one attempt of a job.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"class"}),
 	}
 	for _, c := range []string{ClassStart, ClassStop, "other"} {
-		for _, o := range []string{"succeeded", "failed", "requeued"} {
+		for _, o := range []string{"succeeded", "retried", "failed", "requeued"} {
 			m.Jobs.WithLabelValues(c, o)
 		}
 	}

@@ -56,10 +56,11 @@ func startBed(t *testing.T, env map[string]string) *bed {
 	log := zaptest.NewLogger(t)
 	b := &bed{rdb: rdb, keys: queue.NewKeys(rns), prefix: prefix, kube: kube, ns: ns}
 	w := worker.New(exec, queue.NewBuildConfigs(rdb, prefix, 2*time.Second), weightage.NewHolder(rules),
-		worker.Retry{MaxAttempts: 2, Delay: 100 * time.Millisecond}, log, nil)
+		queue.NewStopMarks(rdb, b.keys, time.Hour, 2*time.Second), log, nil)
 	c, err := queue.NewConsumer(rdb, b.keys, queue.Options{
 		Queues: []string{prefix + "builds"}, Concurrency: 4, WorkerName: "wtest:" + testbed.Suffix(),
 		BlockTimeout: time.Second, OperationTimeout: 2 * time.Second, DrainTimeout: 5 * time.Second,
+		Retry: queue.RetryPolicy{MaxRetries: 1, Delay: time.Second},
 	}, log, nil)
 	if err != nil {
 		t.Fatal(err)
