@@ -5,6 +5,7 @@
 //
 //	queue-worker run [--config FILE] [--config-dir DIR] [--kubeconfig FILE]
 //	queue-worker config print [--sources] [--config FILE] [--config-dir DIR]
+//	queue-worker explain      [flags] [BUILD_JSON | -]   (see explain.go)
 //	queue-worker version
 package main
 
@@ -30,7 +31,7 @@ func main() {
 const usage = `usage:
   queue-worker run          [--config FILE] [--config-dir DIR] [--kubeconfig FILE]
   queue-worker config print [--sources] [--config FILE] [--config-dir DIR]
-  queue-worker version
+` + explainUsage + `  queue-worker version
 `
 
 // errUsage makes run exit 2 after printing usage.
@@ -70,7 +71,7 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		return runDaemon(ctx, cfg)
+		return runDaemon(ctx, cfg, lf.options())
 	case "config":
 		if len(args) < 2 || args[1] != "print" {
 			return errUsage
@@ -85,6 +86,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printConfig(stdout, cfg, *sources)
+	case "explain":
+		return runExplain(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil
