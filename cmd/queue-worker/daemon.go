@@ -109,6 +109,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		holder,
 		queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout),
 		log.Named("worker"), worker.NewMetrics(reg))
+	w.SetInFlightCounter(podCounter{kube: kube, ns: ns})
 
 	srv := httpserver.New(reg, log.Named("http"))
 	srv.Handle("/debug/route", routing.Handler(holder))
@@ -170,6 +171,27 @@ func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptio
 		return fmt.Errorf("watching the config file for routing changes: %w", err)
 	}
 	return nil
+}
+
+// podCounter counts build pods in flight per runtime for the routing
+// budgets, with one filtered List per check: simple and always current, but
+// a List per start. An informer-backed count would serve it from memory.
+type podCounter struct {
+	kube kubernetes.Interface
+	ns   string
+}
+
+func (c podCounter) InFlight(ctx context.Context, rt weightage.Runtime) (int, error) {
+	pods, err := c.kube.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{
+		LabelSelector: executor.LabelRuntime + "=" + string(rt),
+		// Field selectors have no "in": not finished = Pending, Running or Unknown.
+		FieldSelector:   "status.phase!=Succeeded,status.phase!=Failed",
+		ResourceVersion: "0", // served from the apiserver's watch cache
+	})
+	if err != nil {
+		return 0, fmt.Errorf("listing %s pods in %s: %w", rt, c.ns, err)
+	}
+	return len(pods.Items), nil
 }
 
 func workerName() string {

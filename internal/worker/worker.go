@@ -12,6 +12,7 @@ import (
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/queue"
+	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/weightage"
 )
 
@@ -51,8 +52,10 @@ type Worker struct {
 	configs ConfigStore
 	rules   RulesSource
 	marks   StopMarks
-	log     *zap.Logger
-	metrics *Metrics
+	// inflight counts pods for the routing budgets; nil = not enforced.
+	inflight InFlightCounter
+	log      *zap.Logger
+	metrics  *Metrics
 }
 
 // New returns a worker. metrics may be nil.
@@ -99,6 +102,11 @@ func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
 			log.Error("returning an interrupted job failed; it stays in flight", zap.Error(rerr))
 		}
 		w.metrics.Jobs.WithLabelValues(class, "requeued").Inc()
+		return
+	}
+	var held *delayError
+	if errors.As(err, &held) {
+		w.delay(ctx, d, held, class, log)
 		return
 	}
 	var perm *permanentError
@@ -184,9 +192,13 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error
 		log.Info("build was stopped before it started; not launching it")
 		return nil
 	}
-	d := weightage.Route(RoutingInput(b), w.rules.Current())
+	rules := w.rules.Current() // one rule set for the route and its budget
+	d := weightage.Route(RoutingInput(b), rules)
 	if d.IgnoredExecutor != "" {
 		log.Warn("executor annotation names no known executor; routing by the other rules", zap.String("executor", d.IgnoredExecutor))
+	}
+	if err := w.admit(ctx, rules, d); err != nil {
+		return err
 	}
 	res, err := w.exec.Start(ctx, b, d)
 	if err != nil {
@@ -197,6 +209,9 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error
 	}
 	if res.Created {
 		w.metrics.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
+		if d.Rule == weightage.RuleExcluded {
+			w.metrics.ExclusionHits.WithLabelValues(d.Pattern).Inc()
+		}
 		// A stop handled while we were creating may have found no pod to
 		// delete: look again now that the pod exists.
 		if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
@@ -246,15 +261,8 @@ func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) error 
 }
 
 // RoutingInput extracts what routing looks at from a build config.
-func RoutingInput(b *build.Config) weightage.Build {
-	return weightage.Build{
-		BuildID:    b.BuildID,
-		JobID:      b.JobID,
-		PipelineID: b.StickyPipelineID(),
-		Image:      b.Container,
-		Executor:   b.AnnotationString("executor"),
-	}
-}
+// It is routing.Input, shared with explain and /debug/route.
+func RoutingInput(b *build.Config) weightage.Build { return routing.Input(b) }
 
 // classLabel keeps the class metric label bounded.
 func classLabel(c string) string {
@@ -264,12 +272,16 @@ func classLabel(c string) string {
 	return "other"
 }
 
-
 // Metrics are the worker's collectors.
 type Metrics struct {
 	Jobs      *prometheus.CounterVec
 	Decisions *prometheus.CounterVec
 	Duration  *prometheus.HistogramVec
+	// ExclusionHits counts created pods per matched exclusion pattern.
+	ExclusionHits *prometheus.CounterVec
+	// Delayed counts starts put back because their runtime was paused or
+	// at its budget.
+	Delayed *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -288,19 +300,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to handle one attempt of a job.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"class"}),
+		ExclusionHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "routing_exclusion_hits_total",
+			Help: "Pods created on hyperd because the image matched an exclusion, by pattern.",
+		}, []string{"pattern"}),
+		Delayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "routing_delayed_total",
+			Help: "Starts delayed because their runtime was paused (reason paused) or at its budget of pods in flight (reason budget).",
+		}, []string{"runtime", "reason"}),
 	}
 	for _, c := range []string{ClassStart, ClassStop, "other"} {
-		for _, o := range []string{"succeeded", "retried", "failed", "requeued"} {
+		for _, o := range []string{"succeeded", "retried", "failed", "requeued", "delayed"} {
 			m.Jobs.WithLabelValues(c, o)
 		}
 	}
-	for _, rt := range []weightage.Runtime{weightage.Kata, weightage.Hyperd} {
-		for _, r := range []weightage.Rule{weightage.RuleAnnotation, weightage.RuleExcluded, weightage.RuleWeighted, weightage.RuleDefault} {
+	for _, rt := range weightage.AllRuntimes {
+		for _, r := range weightage.AllRules {
 			m.Decisions.WithLabelValues(string(rt), string(r))
+		}
+		for _, reason := range []string{"paused", "budget"} {
+			m.Delayed.WithLabelValues(string(rt), reason)
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.Decisions, m.Duration)
+		reg.MustRegister(m.Jobs, m.Decisions, m.Duration, m.ExclusionHits, m.Delayed)
 	}
 	return m
 }
