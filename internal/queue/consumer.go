@@ -150,6 +150,10 @@ type slot struct {
 	// cancelJob cancels the job in progress when the lease is found lost.
 	mu        sync.Mutex
 	cancelJob context.CancelFunc
+	// dirty is set when a settle could not be written: the slot's in-flight
+	// list may hold a job its (live) lease hides from recoverers, so the slot
+	// returns it to the queue before taking anything else.
+	dirty atomic.Bool
 }
 
 func (s *slot) member() string { return s.name + ":" + s.queue }
@@ -234,6 +238,15 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
+		if s.dirty.Load() {
+			if err := c.requeueLeftovers(ctx, s); err != nil {
+				c.metrics.RedisErrors.WithLabelValues("requeue").Inc()
+				c.log.Warn("returning an unsettled job to its queue failed; retrying before taking more", zap.String("slot", s.name), zap.Error(err))
+				sleepCtx(ctx, backoff.next())
+				continue
+			}
+			s.dirty.Store(false)
+		}
 		raw, err := c.rdb.BLMove(ctx, c.keys.Queue(s.queue), s.inflight, "LEFT", "RIGHT", c.opts.BlockTimeout).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
@@ -312,13 +325,32 @@ func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string) {
 
 // giveBack returns a taken job to the head of its queue.
 func (c *Consumer) giveBack(s *slot, raw string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.OperationTimeout)
-	defer cancel()
-	err := requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(s.queue), s.record}, raw).Err()
+	ctx := context.Background()
+	_, err := c.withRetry(ctx, func(ctx context.Context) (int, error) {
+		return requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(s.queue), s.record}, raw).Int()
+	})
 	c.metrics.InFlight.Dec()
 	if err != nil {
+		s.dirty.Store(true)
 		c.metrics.RedisErrors.WithLabelValues("requeue").Inc()
-		c.log.Error("returning a job to its queue failed; it stays in flight for recovery", zap.String("queue", s.queue), zap.Error(err))
+		c.log.Error("returning a job to its queue failed; the slot retries before taking more", zap.String("queue", s.queue), zap.Error(err))
+	}
+}
+
+// withRetry runs a settling script until it succeeds or the settle budget
+// (half a lease) is spent, so a Redis restart or failover does not leave a
+// finished job in flight.
+func (c *Consumer) withRetry(ctx context.Context, run func(context.Context) (int, error)) (int, error) {
+	deadline := time.Now().Add(c.opts.LeaseDuration / 2)
+	b := newBackoff(50*time.Millisecond, time.Second)
+	for {
+		attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.OperationTimeout)
+		n, err := run(attemptCtx)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return n, err
+		}
+		time.Sleep(b.next())
 	}
 }
 
@@ -415,15 +447,21 @@ type Delivery struct {
 	settled atomic.Bool
 }
 
-// settleCtx gives settling its own deadline, even when the job's context is
-// done: a cancelled job must still be written back.
-func (d *Delivery) settleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), d.c.opts.OperationTimeout)
+// run executes a settling script with retries. It runs even when the job's
+// context is done: a cancelled job must still be written back.
+func (d *Delivery) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (int, error) {
+	return d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
+		return s.Run(ctx, d.c.rdb, keys, args...).Int()
+	})
 }
 
 func (d *Delivery) settle(op string, n int, err error) error {
 	if err != nil {
 		d.c.metrics.RedisErrors.WithLabelValues(op).Inc()
+		d.slot.dirty.Store(true)
+		// Counted as settled: the slot returns the job to its queue itself.
+		d.settled.Store(true)
+		d.c.metrics.InFlight.Dec()
 		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
 	}
 	d.settled.Store(true)
@@ -438,10 +476,8 @@ func (d *Delivery) settle(op string, n int, err error) error {
 
 // Ack removes the job from flight and counts it processed.
 func (d *Delivery) Ack(ctx context.Context) error {
-	ctx, cancel := d.settleCtx(ctx)
-	defer cancel()
 	keys := []string{d.slot.inflight, d.c.keys.StatProcessed(), d.c.keys.WorkerStatProcessed(d.slot.name), d.slot.record}
-	n, err := ackScript.Run(ctx, d.c.rdb, keys, d.raw).Int()
+	n, err := d.run(ctx, ackScript, keys, d.raw)
 	if err == nil && n == 1 {
 		d.c.metrics.Acked.WithLabelValues(d.slot.queue).Inc()
 	}
@@ -452,8 +488,6 @@ func (d *Delivery) Ack(ctx context.Context) error {
 // reason, in node-resque's format so resque tooling can show and retry it.
 // Use it for failures no retry can fix.
 func (d *Delivery) Fail(ctx context.Context, exception string, reason error) error {
-	ctx, cancel := d.settleCtx(ctx)
-	defer cancel()
 	entry := Failure{
 		Worker:    d.slot.name,
 		Queue:     d.Job.Queue,
@@ -463,14 +497,14 @@ func (d *Delivery) Fail(ctx context.Context, exception string, reason error) err
 		FailedAt:  d.c.now(),
 	}.Encode()
 	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(d.slot.name), d.slot.record}
-	n, err := failScript.Run(ctx, d.c.rdb, keys, d.raw, entry).Int()
+	n, err := d.run(ctx, failScript, keys, d.raw, entry)
 	if err := d.settle("fail", n, err); err != nil {
 		return err
 	}
 	if n == 1 {
 		d.c.metrics.DeadLettered.WithLabelValues(d.slot.queue).Inc()
 		if d.c.opts.OnDeadLetter != nil && d.Job.Class != "" {
-			d.c.opts.OnDeadLetter(ctx, d.Job, reason)
+			d.c.opts.OnDeadLetter(context.WithoutCancel(ctx), d.Job, reason)
 		}
 	}
 	return nil
@@ -512,18 +546,14 @@ func (d *Delivery) schedule(ctx context.Context, delay time.Duration, attempt in
 	}
 	// node-resque's enqueueIn rounds to the nearest second.
 	ts := int64(math.Round(float64(d.c.now().Add(delay).UnixMilli()) / 1000))
-	ctx, cancel := d.settleCtx(ctx)
-	defer cancel()
 	keys := []string{d.slot.inflight, d.c.keys.Delayed(ts), d.c.keys.Timestamps(string(next)), d.c.keys.DelayedSchedule(), d.slot.record}
-	n, err := delayScript.Run(ctx, d.c.rdb, keys, d.raw, next, ts).Int()
+	n, err := d.run(ctx, delayScript, keys, d.raw, next, ts)
 	return d.settle(op, n, err)
 }
 
 // Requeue returns the job to the head of its queue unchanged.
 func (d *Delivery) Requeue(ctx context.Context) error {
-	ctx, cancel := d.settleCtx(ctx)
-	defer cancel()
-	n, err := requeueScript.Run(ctx, d.c.rdb, []string{d.slot.inflight, d.c.keys.Queue(d.slot.queue), d.slot.record}, d.raw).Int()
+	n, err := d.run(ctx, requeueScript, []string{d.slot.inflight, d.c.keys.Queue(d.slot.queue), d.slot.record}, d.raw)
 	return d.settle("requeue", n, err)
 }
 
