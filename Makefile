@@ -28,3 +28,8 @@ cluster-down:
 
 clean:
 	rm -rf bin
+
+# Queue throughput: ours vs asynq vs node-resque (see docs/benchmarks.md).
+.PHONY: bench-queue
+bench-queue:
+	bench/run.sh
