@@ -69,4 +69,12 @@ redis_version=$("$tmp/ours" -redis "$REDIS" -redis-version || true)
     awk -v c="$c" -v o="$o" -v a="$a" -v r="$r" \
       'BEGIN { printf "| %s | %.0f | %.0f | %.0f | %.2f× | %.2f× |\n", c, o, a, r, o / a, o / r }'
   done
+  echo
+  echo "Every run (jobs/s, in run order):"
+  echo
+  for c in $CONCURRENCY; do
+    for impl in ours asynq node-resque; do
+      echo "- C=$c $impl: $(awk -v i="$impl" -v c="$c" '$2 == i && $4 == c { printf "%s%.0f", sep, $6; sep = ", " }' "$results")"
+    done
+  done
 } | tee "${OUT:-/dev/null}"
