@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +20,10 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/sdkata/queue-worker/internal/breaker"
+	"github.com/sdkata/queue-worker/internal/ciapi"
 	"github.com/sdkata/queue-worker/internal/config"
+	"github.com/sdkata/queue-worker/internal/exclusion"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/httpserver"
 	"github.com/sdkata/queue-worker/internal/logging"
@@ -75,6 +79,44 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	for i, q := range cfg.Queue.Queues {
 		queues[i] = cfg.Queue.Prefix + q
 	}
+	// A stop mark outlives any start of the same build still in the queue or
+	// in its retries.
+	const stopMarkTTL = 24 * time.Hour
+	w := worker.New(exec,
+		queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout),
+		holder,
+		queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout),
+		log.Named("worker"), worker.NewMetrics(reg))
+
+	// The watch cache serves verify and the routing budgets without polling.
+	watcher := executor.NewWatcher(kube, ns)
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() { stopWatch(); watcher.Shutdown() }()
+	if err := watcher.Start(watchCtx, cfg.Kubernetes.RequestTimeout*3); err != nil {
+		return err
+	}
+	patterns := make([]*regexp.Regexp, len(cfg.Verify.RuntimePatterns))
+	for i, p := range cfg.Verify.RuntimePatterns {
+		patterns[i] = regexp.MustCompile(p) // validated at load
+	}
+	exec.Watch(watcher, executor.AssessOptions{
+		PendingTimeout:  cfg.Verify.PendingTimeout,
+		ImagePullGrace:  cfg.Verify.ImagePullGrace,
+		Exit139Window:   cfg.Verify.Exit139Window,
+		RuntimePatterns: patterns,
+	})
+	w.SetInFlightCounter(watchCounter{watcher})
+	retry := cfg.Executor.K8s.Options.RequestRetry
+	ci := ciapi.New(ciapi.Options{
+		Timeout:        time.Duration(cfg.Executor.K8s.Options.Fusebox.Breaker.Timeout) * time.Millisecond,
+		MaxAttempts:    retry.MaxAttempts,
+		RetryDelay:     time.Duration(retry.RetryDelay) * time.Millisecond,
+		BreakerMetrics: breaker.NewMetrics(reg),
+	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
+	w.SetVerify(exec, ci,
+		exclusion.NewStore(rdb, keys.Namespace()+":qw:learned-exclusion:", cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout),
+		worker.VerifyOptions{Interval: cfg.Verify.Interval, MissingGrace: 30 * time.Second, Fallback: cfg.Verify.Fallback.Enabled})
+
 	qlog := log.Named("queue")
 	consumer, err := queue.NewConsumer(rdb, keys, queue.Options{
 		Queues:            queues,
@@ -92,24 +134,13 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			Factor:     cfg.Queue.Retry.Factor,
 			MaxDelay:   cfg.Queue.Retry.MaxDelay,
 		},
-		OnDeadLetter: func(_ context.Context, j *queue.Job, reason error) {
-			// TODO(issue 5): report FAILURE to the CI API for start jobs.
-			qlog.Warn("job dead-lettered", zap.String("class", j.Class), zap.String("reason", reason.Error()))
-		},
+		// A start that will never run is reported FAILURE to the CI API.
+		OnDeadLetter: w.DeadLettered,
 	}, qlog, queue.NewMetrics(reg))
 	if err != nil {
 		return err
 	}
 	reg.MustRegister(queue.NewDepthCollector(rdb, keys, queues, cfg.Queue.OperationTimeout))
-	// A stop mark outlives any start of the same build still in the queue or
-	// in its retries.
-	const stopMarkTTL = 24 * time.Hour
-	w := worker.New(exec,
-		queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout),
-		holder,
-		queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout),
-		log.Named("worker"), worker.NewMetrics(reg))
-	w.SetInFlightCounter(podCounter{kube: kube, ns: ns})
 
 	srv := httpserver.New(reg, log.Named("http"))
 	srv.Handle("/debug/route", routing.Handler(holder))
@@ -175,23 +206,12 @@ func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptio
 
 // podCounter counts build pods in flight per runtime for the routing
 // budgets, with one filtered List per check: simple and always current, but
-// a List per start. An informer-backed count would serve it from memory.
-type podCounter struct {
-	kube kubernetes.Interface
-	ns   string
-}
+// watchCounter counts pods in flight per runtime from the watch cache.
+type watchCounter struct{ w *executor.Watcher }
 
-func (c podCounter) InFlight(ctx context.Context, rt weightage.Runtime) (int, error) {
-	pods, err := c.kube.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{
-		LabelSelector: executor.LabelRuntime + "=" + string(rt),
-		// Field selectors have no "in": not finished = Pending, Running or Unknown.
-		FieldSelector:   "status.phase!=Succeeded,status.phase!=Failed",
-		ResourceVersion: "0", // served from the apiserver's watch cache
-	})
-	if err != nil {
-		return 0, fmt.Errorf("listing %s pods in %s: %w", rt, c.ns, err)
-	}
-	return len(pods.Items), nil
+// InFlight implements worker.InFlightCounter.
+func (c watchCounter) InFlight(_ context.Context, rt weightage.Runtime) (int, error) {
+	return c.w.InFlight(string(rt))
 }
 
 func workerName() string {

@@ -15,6 +15,7 @@ type Config struct {
 	Worker     Worker     `yaml:"worker" mapstructure:"worker"`
 	Routing    Routing    `yaml:"routing" mapstructure:"routing"`
 	Kubernetes Kubernetes `yaml:"kubernetes" mapstructure:"kubernetes"`
+	Verify     Verify     `yaml:"verify" mapstructure:"verify"`
 	HTTPD      HTTPD      `yaml:"httpd" mapstructure:"httpd"`
 	Log        Log        `yaml:"log" mapstructure:"log"`
 
@@ -92,25 +93,33 @@ type PodCommon struct {
 // KataKubernetes is executor.k8s.options.kubernetes.
 type KataKubernetes struct {
 	PodCommon                     `yaml:",inline" mapstructure:",squash"`
-	Host                          string            `yaml:"host" mapstructure:"host"`
-	Token                         string            `yaml:"token" mapstructure:"token"`
-	JobsNamespace                 string            `yaml:"jobsNamespace" mapstructure:"jobsNamespace"`
-	ServiceAccount                string            `yaml:"serviceAccount" mapstructure:"serviceAccount"`
-	AutomountServiceAccountToken  bool              `yaml:"automountServiceAccountToken" mapstructure:"automountServiceAccountToken"`
-	Privileged                    bool              `yaml:"privileged" mapstructure:"privileged"`
-	DockerFeatureEnabled          bool              `yaml:"dockerFeatureEnabled" mapstructure:"dockerFeatureEnabled"`
-	DNSPolicy                     string            `yaml:"dnsPolicy" mapstructure:"dnsPolicy"`
-	ImagePullPolicy               string            `yaml:"imagePullPolicy" mapstructure:"imagePullPolicy"`
-	Resources                     Resources         `yaml:"resources" mapstructure:"resources"`
-	TerminationGracePeriodSeconds int               `yaml:"terminationGracePeriodSeconds" mapstructure:"terminationGracePeriodSeconds"`
-	LifecycleHooks                map[string]any    `yaml:"lifecycleHooks" mapstructure:"lifecycleHooks"`
-	PodLabels                     map[string]string `yaml:"podLabels" mapstructure:"podLabels"`
-	Annotations                   map[string]string `yaml:"annotations" mapstructure:"annotations"`
-	RuntimeClass                  string            `yaml:"runtimeClass" mapstructure:"runtimeClass"`
-	ImagePullSecretName           string            `yaml:"imagePullSecretName" mapstructure:"imagePullSecretName"`
-	VolumeMounts                  []VolumeMount     `yaml:"volumeMounts" mapstructure:"volumeMounts"`
-	BuildSecrets                  []BuildSecret     `yaml:"buildSecrets" mapstructure:"buildSecrets"`
-	BuildSecretsFile              []BuildSecretFile `yaml:"buildSecretsFile" mapstructure:"buildSecretsFile"`
+	Host                          string    `yaml:"host" mapstructure:"host"`
+	Token                         string    `yaml:"token" mapstructure:"token"`
+	JobsNamespace                 string    `yaml:"jobsNamespace" mapstructure:"jobsNamespace"`
+	ServiceAccount                string    `yaml:"serviceAccount" mapstructure:"serviceAccount"`
+	AutomountServiceAccountToken  bool      `yaml:"automountServiceAccountToken" mapstructure:"automountServiceAccountToken"`
+	Privileged                    bool      `yaml:"privileged" mapstructure:"privileged"`
+	DockerFeatureEnabled          bool      `yaml:"dockerFeatureEnabled" mapstructure:"dockerFeatureEnabled"`
+	DNSPolicy                     string    `yaml:"dnsPolicy" mapstructure:"dnsPolicy"`
+	ImagePullPolicy               string    `yaml:"imagePullPolicy" mapstructure:"imagePullPolicy"`
+	Resources                     Resources `yaml:"resources" mapstructure:"resources"`
+	TerminationGracePeriodSeconds int       `yaml:"terminationGracePeriodSeconds" mapstructure:"terminationGracePeriodSeconds"`
+	// MaxTerminationGracePeriodSeconds caps the grace period a build may ask
+	// for with its annotation (the reference had no cap, defect 25).
+	MaxTerminationGracePeriodSeconds int `yaml:"maxTerminationGracePeriodSeconds" mapstructure:"maxTerminationGracePeriodSeconds"`
+	// DockerImage is the docker-in-docker sidecar's image (the reference
+	// hard-coded docker:20.10-dind).
+	DockerImage string `yaml:"dockerImage" mapstructure:"dockerImage"`
+	// LifecycleHooks is a corev1.Lifecycle in JSON/YAML form ({postStart,
+	// preStop}); its shape is checked at load (see Lifecycle).
+	LifecycleHooks      map[string]any    `yaml:"lifecycleHooks" mapstructure:"lifecycleHooks"`
+	PodLabels           map[string]string `yaml:"podLabels" mapstructure:"podLabels"`
+	Annotations         map[string]string `yaml:"annotations" mapstructure:"annotations"`
+	RuntimeClass        string            `yaml:"runtimeClass" mapstructure:"runtimeClass"`
+	ImagePullSecretName string            `yaml:"imagePullSecretName" mapstructure:"imagePullSecretName"`
+	VolumeMounts        []VolumeMount     `yaml:"volumeMounts" mapstructure:"volumeMounts"`
+	BuildSecrets        []BuildSecret     `yaml:"buildSecrets" mapstructure:"buildSecrets"`
+	BuildSecretsFile    []BuildSecretFile `yaml:"buildSecretsFile" mapstructure:"buildSecretsFile"`
 }
 
 // K8sVMOptions is executor.k8s-vm.options.
@@ -131,6 +140,25 @@ type Resources struct {
 	CPU    Tiers `yaml:"cpu" mapstructure:"cpu"`
 	Memory Tiers `yaml:"memory" mapstructure:"memory"`
 	Disk   Disk  `yaml:"disk" mapstructure:"disk"`
+	// Requests set the build container's (and dind sidecar's) requests as a
+	// fraction of its limits (Screwdriver issue #1732). 1 = requests equal
+	// limits, what Kubernetes does when only limits are given.
+	Requests RequestRatios `yaml:"requests" mapstructure:"requests"`
+	// Launcher is the launcher init container's requests and limits (equal),
+	// so the pod's QoS class follows from the build container alone.
+	Launcher LauncherResources `yaml:"launcher" mapstructure:"launcher"`
+}
+
+// RequestRatios are requests/limits ratios, each in (0, 1].
+type RequestRatios struct {
+	CPURatio    float64 `yaml:"cpuRatio" mapstructure:"cpuRatio"`
+	MemoryRatio float64 `yaml:"memoryRatio" mapstructure:"memoryRatio"`
+}
+
+// LauncherResources are Kubernetes quantities ("250m", "256Mi").
+type LauncherResources struct {
+	CPU    string `yaml:"cpu" mapstructure:"cpu"`
+	Memory string `yaml:"memory" mapstructure:"memory"`
 }
 
 // VMResources only carries the disk label keys on the HyperD path; CPU and
@@ -302,4 +330,29 @@ type HTTPD struct {
 type Log struct {
 	Level  string `yaml:"level" mapstructure:"level"`
 	Format string `yaml:"format" mapstructure:"format"`
+}
+
+// Verify configures the follow-up of every start: watching the pod until it
+// runs or fails, reporting to the CI API, and the Kata→hyperd fallback.
+type Verify struct {
+	// Interval between checks of a pod that is not running yet.
+	Interval time.Duration `yaml:"interval" mapstructure:"interval"`
+	// PendingTimeout fails a pod still pending this long after its creation.
+	PendingTimeout time.Duration `yaml:"pendingTimeout" mapstructure:"pendingTimeout"`
+	// ImagePullGrace lets transient image pull errors pass this long.
+	ImagePullGrace time.Duration `yaml:"imagePullGrace" mapstructure:"imagePullGrace"`
+	// Exit139Window: exit code 139 this soon after start is Kata's segfault
+	// signature (rhel6 images under vsyscall=none).
+	Exit139Window time.Duration `yaml:"exit139Window" mapstructure:"exit139Window"`
+	// RuntimePatterns are regexes on container messages that mark a failure
+	// as the runtime's (case-sensitive; prefix with (?i) if needed).
+	RuntimePatterns []string `yaml:"runtimePatterns" mapstructure:"runtimePatterns"`
+	Fallback        Fallback `yaml:"fallback" mapstructure:"fallback"`
+}
+
+// Fallback is the automatic Kata→hyperd relaunch on a runtime failure.
+type Fallback struct {
+	Enabled bool `yaml:"enabled" mapstructure:"enabled"`
+	// LearnedExclusionTTL is how long a failed image goes straight to hyperd.
+	LearnedExclusionTTL time.Duration `yaml:"learnedExclusionTTL" mapstructure:"learnedExclusionTTL"`
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -90,6 +92,7 @@ func (c *Config) Validate() error {
 	v.ecosystem()
 	v.queue()
 	v.routing()
+	v.verify()
 	v.process()
 	return v.errs.err()
 }
@@ -109,6 +112,23 @@ func (v *validator) source(key string) string {
 	}
 	if s := v.c.Source(key); s != "" {
 		return s
+	}
+	return sourceUnset
+}
+
+// subtreeSource is the source of key, or of the first leaf under it: for a
+// mapping such as lifecycleHooks.preStop the loader records its leaves.
+func (v *validator) subtreeSource(key string) string {
+	if v.c.sources == nil {
+		return ""
+	}
+	if s := v.c.Source(key); s != "" {
+		return s
+	}
+	for _, k := range sortedKeys(v.c.sources) {
+		if strings.HasPrefix(k, key+".") || strings.HasPrefix(k, key+"[") {
+			return v.c.sources[k]
+		}
 	}
 	return sourceUnset
 }
@@ -209,6 +229,29 @@ func (v *validator) kataPath() {
 	v.tiers(kb+".resources.memory", k.Resources.Memory)
 	v.podCommon(kb, k.PodCommon)
 	v.nonNegativeInt(kb+".terminationGracePeriodSeconds", k.TerminationGracePeriodSeconds)
+	v.nonNegativeInt(kb+".maxTerminationGracePeriodSeconds", k.MaxTerminationGracePeriodSeconds)
+	if k.TerminationGracePeriodSeconds > k.MaxTerminationGracePeriodSeconds && k.MaxTerminationGracePeriodSeconds >= 0 {
+		v.fail(kb+".terminationGracePeriodSeconds", "%d seconds is above maxTerminationGracePeriodSeconds (%d)",
+			k.TerminationGracePeriodSeconds, k.MaxTerminationGracePeriodSeconds)
+	}
+	v.ratio(kb+".resources.requests.cpuRatio", k.Resources.Requests.CPURatio)
+	v.ratio(kb+".resources.requests.memoryRatio", k.Resources.Requests.MemoryRatio)
+	v.quantity(kb+".resources.launcher.cpu", k.Resources.Launcher.CPU)
+	v.quantity(kb+".resources.launcher.memory", k.Resources.Launcher.Memory)
+	if k.DockerFeatureEnabled {
+		v.nonEmpty(kb+".dockerImage", k.DockerImage)
+	}
+	if _, errs := lifecycleFromHooks(k.LifecycleHooks); len(errs) > 0 {
+		for _, err := range errs {
+			key := kb + ".lifecycleHooks"
+			var he *hookError
+			if errors.As(err, &he) && he.hook != "" {
+				key = joinKey(key, he.hook)
+				err = he.err
+			}
+			v.errs.add(key, v.subtreeSource(key), err)
+		}
+	}
 	v.labels(kb+".podLabels", k.PodLabels, true)
 	v.labels(kb+".annotations", k.Annotations, false)
 	if k.RuntimeClass != "" {
@@ -280,6 +323,24 @@ func (v *validator) labels(key string, m map[string]string, checkValues bool) {
 				v.fail(ek, "invalid value %q: %s", m[k], strings.Join(msgs, "; "))
 			}
 		}
+	}
+}
+
+// ratio is a requests/limits fraction: 0 < r <= 1.
+func (v *validator) ratio(key string, r float64) {
+	if !(r > 0 && r <= 1) {
+		v.fail(key, "must be in (0, 1], got %s", formatFloat(r))
+	}
+}
+
+// quantity is a positive Kubernetes quantity such as "250m" or "256Mi".
+func (v *validator) quantity(key, s string) {
+	q, err := resource.ParseQuantity(s)
+	switch {
+	case err != nil:
+		v.fail(key, "%q is not a Kubernetes quantity (such as 250m or 256Mi)", s)
+	case q.Sign() <= 0:
+		v.fail(key, "must be greater than 0, got %q", s)
 	}
 }
 
@@ -389,6 +450,25 @@ func (v *validator) queue() {
 	if q.Retry.MaxDelay < q.Retry.Delay {
 		v.fail("queue.retry.maxDelay", "must be at least queue.retry.delay (%s), got %s", q.Retry.Delay, q.Retry.MaxDelay)
 	}
+}
+
+func (v *validator) verify() {
+	r := v.c.Verify
+	v.positiveDuration("verify.interval", r.Interval)
+	v.positiveDuration("verify.pendingTimeout", r.PendingTimeout)
+	if r.ImagePullGrace < 0 {
+		v.fail("verify.imagePullGrace", "must not be negative, got %s", r.ImagePullGrace)
+	}
+	v.positiveDuration("verify.exit139Window", r.Exit139Window)
+	for i, p := range r.RuntimePatterns {
+		key := indexKey("verify.runtimePatterns", i)
+		if p == "" {
+			v.fail(key, "an empty pattern would match every message")
+		} else if _, err := regexp.Compile(p); err != nil {
+			v.fail(key, "invalid regexp %q: %v", p, err)
+		}
+	}
+	v.positiveDuration("verify.fallback.learnedExclusionTTL", r.Fallback.LearnedExclusionTTL)
 }
 
 func (v *validator) routing() {

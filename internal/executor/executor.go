@@ -24,6 +24,8 @@ type Executor struct {
 	timeout time.Duration
 	metrics *Metrics
 	now     func() time.Time
+	watcher *Watcher
+	assess  AssessOptions
 }
 
 // New returns an executor. timeout bounds each API call; metrics may be nil.
@@ -52,7 +54,13 @@ type StartResult struct {
 // between the steps leaves at most a labelled Secret that the next start
 // adopts or the build's stop deletes.
 func (e *Executor) Start(ctx context.Context, b *build.Config, d weightage.Decision) (*StartResult, error) {
-	pod := PodSpec(&e.opts, b, d, 0)
+	return e.StartAttempt(ctx, b, d, 0)
+}
+
+// StartAttempt is Start for a relaunch: attempt > 0 names a distinct pod
+// (<name>-r<attempt>), itself deterministic, so a relaunch is idempotent too.
+func (e *Executor) StartAttempt(ctx context.Context, b *build.Config, d weightage.Decision, attempt int) (*StartResult, error) {
+	pod := PodSpec(&e.opts, b, d, attempt)
 	if err := e.ensureTokenSecret(ctx, pod, b.Token); err != nil {
 		return nil, err
 	}
@@ -133,6 +141,77 @@ func (e *Executor) adoptTokenSecret(ctx context.Context, pod *corev1.Pod) error 
 	return nil
 }
 
+// Watch makes Verify read pods and events from w's watch cache.
+func (e *Executor) Watch(w *Watcher, o AssessOptions) {
+	e.watcher, e.assess = w, o
+}
+
+// Verify judges a build pod. It reads the watch cache, and the API server
+// only when the cache does not have the pod yet (right after its create).
+func (e *Executor) Verify(ctx context.Context, podName string) (Verdict, *corev1.Pod) {
+	var pod *corev1.Pod
+	var events []*corev1.Event
+	if e.watcher != nil {
+		pod, events = e.watcher.Pod(podName), e.watcher.Events(podName)
+	}
+	if pod == nil {
+		getCtx, cancel := context.WithTimeout(ctx, e.timeout)
+		p, err := e.client.CoreV1().Pods(e.opts.Namespace).Get(getCtx, podName, metav1.GetOptions{})
+		cancel()
+		if err == nil {
+			pod = p
+		}
+	}
+	return Assess(pod, events, e.now(), e.assess), pod
+}
+
+// ObserveStart records how a pod start went: setup phases when it runs,
+// the failure class or Kata signature when it failed.
+func (e *Executor) ObserveStart(rt weightage.Runtime, v Verdict, pod *corev1.Pod) {
+	switch v.State {
+	case StateRunning, StateSucceeded:
+		e.metrics.Starts.WithLabelValues(string(rt), "running", "").Inc()
+		if pod != nil {
+			e.metrics.ObserveSetup(rt, pod)
+		}
+	case StateFailed:
+		reason := string(v.Class)
+		if v.Signature != SigNone {
+			reason = string(v.Signature)
+		}
+		e.metrics.Starts.WithLabelValues(string(rt), "failed", reason).Inc()
+	}
+}
+
+// ObserveFallback counts a Kata→hyperd relaunch.
+func (e *Executor) ObserveFallback(sig Signature) {
+	e.metrics.Fallbacks.WithLabelValues(string(sig)).Inc()
+}
+
+// DeletePod deletes one pod (its token Secret goes with it, by owner
+// reference). A pod already gone is not an error.
+func (e *Executor) DeletePod(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	err := e.client.CoreV1().Pods(e.opts.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting pod %s/%s: %w", e.opts.Namespace, name, err)
+	}
+	return nil
+}
+
+// Token reads the build token back from a pod's Secret, for CI API calls
+// about a build whose job carries no token.
+func (e *Executor) Token(ctx context.Context, podName string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	s, err := e.client.CoreV1().Secrets(e.opts.Namespace).Get(ctx, TokenSecretName(podName), metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("reading the token secret of pod %s/%s: %w", e.opts.Namespace, podName, err)
+	}
+	return string(s.Data[tokenSecretKey]), nil
+}
+
 // Stop deletes every pod and token Secret of a build, whatever runtime it
 // ran on, by the sdbuild label. Deleting a build with no pods succeeds.
 func (e *Executor) Stop(ctx context.Context, buildID int64) error {
@@ -169,6 +248,12 @@ type Metrics struct {
 	CreateSeconds *prometheus.HistogramVec
 	Creates       *prometheus.CounterVec
 	Stops         *prometheus.CounterVec
+	// SetupSeconds is pod setup per runtime and phase (see SetupPhases).
+	SetupSeconds *prometheus.HistogramVec
+	// Starts counts pod start outcomes: outcome running|failed, reason the
+	// failure class or Kata signature ("" when running).
+	Starts    *prometheus.CounterVec
+	Fallbacks *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -187,6 +272,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "queue_worker", Subsystem: "executor", Name: "stops_total",
 			Help: "Build stops (pod and secret deletion) by outcome.",
 		}, []string{"outcome"}),
+		SetupSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "queue_worker", Name: "pod_setup_seconds",
+			Help:    "Build pod setup time by runtime and phase (scheduled, sandbox, initialized, running, total), from pod condition timestamps.",
+			Buckets: []float64{0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600},
+		}, []string{"runtime", "phase"}),
+		Starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "pod_start_total",
+			Help: "Build pod starts by runtime, outcome (running, failed) and reason (failure class or Kata signature).",
+		}, []string{"runtime", "outcome", "reason"}),
+		Fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "kata_fallbacks_total",
+			Help: "Builds relaunched on hyperd after a Kata runtime failure, by signature.",
+		}, []string{"signature"}),
 	}
 	for _, rt := range []weightage.Runtime{weightage.Kata, weightage.Hyperd} {
 		for _, o := range []string{"created", "exists", "error"} {
@@ -194,9 +292,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.CreateSeconds, m.Creates, m.Stops)
+		reg.MustRegister(m.CreateSeconds, m.Creates, m.Stops, m.SetupSeconds, m.Starts, m.Fallbacks)
 	}
 	return m
+}
+
+// ObserveSetup records a started pod's setup phases.
+func (m *Metrics) ObserveSetup(rt weightage.Runtime, pod *corev1.Pod) {
+	for phase, d := range SetupPhases(pod) {
+		m.SetupSeconds.WithLabelValues(string(rt), phase).Observe(d.Seconds())
+	}
 }
 
 func (m *Metrics) observeCreate(rt weightage.Runtime, took time.Duration, existed bool, err error) {

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -252,6 +253,11 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 			continue
 		}
 		if err != nil {
+			// The move may have happened with only its reply lost (a
+			// connection cut mid-BLMOVE): the job would sit in our in-flight
+			// list, hidden from recoverers by our live lease. Sweep it back
+			// before taking again.
+			s.dirty.Store(true)
 			if ctx.Err() != nil {
 				break
 			}
@@ -539,8 +545,25 @@ func (d *Delivery) RetryLater(ctx context.Context, delay time.Duration) error {
 	return nil
 }
 
+// FollowUp replaces the job, atomically, with another job due after delay
+// (e.g. a start with the verify that checks its pod). Nothing is lost if the
+// process dies at any point: either the old job is in flight or the new one
+// is scheduled.
+func (d *Delivery) FollowUp(ctx context.Context, class string, args any, delay time.Duration) error {
+	a, err := json.Marshal([]any{args})
+	if err != nil {
+		return fmt.Errorf("encoding the follow-up of job %s: %w", d.describe(), err)
+	}
+	next := &Job{Class: class, Queue: d.Job.Queue, rawArgs: a}
+	return d.scheduleJob(ctx, delay, next, 0, "follow-up")
+}
+
 func (d *Delivery) schedule(ctx context.Context, delay time.Duration, attempt int, op string) error {
-	next, err := d.Job.withAttempt(attempt)
+	return d.scheduleJob(ctx, delay, d.Job, attempt, op)
+}
+
+func (d *Delivery) scheduleJob(ctx context.Context, delay time.Duration, j *Job, attempt int, op string) error {
+	next, err := j.withAttempt(attempt)
 	if err != nil {
 		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
 	}

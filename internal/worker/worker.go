@@ -54,9 +54,16 @@ type Worker struct {
 	marks   StopMarks
 	// inflight counts pods for the routing budgets; nil = not enforced.
 	inflight InFlightCounter
-	log      *zap.Logger
-	metrics  *Metrics
+	// verify, CI API reporting and fallback; nil verifier = off (SetVerify).
+	verifier   Verifier
+	reporter   Reporter
+	learned    Learned
+	verifyOpts VerifyOptions
+	log        *zap.Logger
+	metrics    *Metrics
 }
+
+type queueJob = queue.Job
 
 // New returns a worker. metrics may be nil.
 func New(exec Executor, configs ConfigStore, rules RulesSource, marks StopMarks, log *zap.Logger, metrics *Metrics) *Worker {
@@ -86,9 +93,17 @@ func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
 	class := classLabel(d.Job.Class)
 	log := w.log.With(zap.String("class", d.Job.Class), zap.String("queue", d.Job.Queue))
 
-	err := w.dispatch(ctx, d.Job, log)
+	next, err := w.dispatch(ctx, d.Job, log)
 	w.metrics.Duration.WithLabelValues(class).Observe(time.Since(start).Seconds())
 
+	if err == nil && next != nil {
+		if ferr := d.FollowUp(ctx, next.class, next.args, next.delay); ferr != nil {
+			log.Error("scheduling the follow-up failed; the job stays in flight for recovery", zap.String("follow_up", next.class), zap.Error(ferr))
+			return
+		}
+		w.metrics.Jobs.WithLabelValues(class, "succeeded").Inc()
+		return
+	}
 	if err == nil {
 		if aerr := d.Ack(ctx); aerr != nil {
 			log.Error("job done but ack failed; it will be redelivered (idempotent)", zap.Error(aerr))
@@ -131,16 +146,22 @@ func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
 	}
 }
 
-func (w *Worker) dispatch(ctx context.Context, j *queue.Job, log *zap.Logger) error {
+func (w *Worker) dispatch(ctx context.Context, j *queue.Job, log *zap.Logger) (*followUp, error) {
 	switch j.Class {
 	case ClassStart:
 		return w.start(ctx, j, log)
 	case ClassStop:
-		return w.stop(ctx, j, log)
+		return nil, w.stop(ctx, j, log)
+	case ClassVerify:
+		payload, err := j.Payload()
+		if err != nil {
+			return nil, permanent("InvalidPayload", err)
+		}
+		return w.verify(ctx, payload, log)
 	default:
 		// node-resque's own message for a class it has no job for.
 		//lint:ignore ST1005 resque tooling users know this exact wording
-		return permanent("Error", fmt.Errorf("No job defined for class %q", j.Class))
+		return nil, permanent("Error", fmt.Errorf("No job defined for class %q", j.Class))
 	}
 }
 
@@ -177,35 +198,51 @@ func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (
 	return full, nil
 }
 
-func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error {
+func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) (*followUp, error) {
 	b, err := w.buildConfig(ctx, j, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.ValidateStart(); err != nil {
-		return permanent("InvalidPayload", err)
+		return nil, permanent("InvalidPayload", err)
 	}
 	log = log.With(zap.Int64("build_id", b.BuildID), zap.Int64("job_id", b.JobID))
 	if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
-		return err
+		return nil, err
 	} else if stopped {
 		log.Info("build was stopped before it started; not launching it")
-		return nil
+		return nil, nil
+	}
+	if b.VirtualJob {
+		// queue-service's consumer skips the executor for virtual jobs.
+		if w.reporter != nil {
+			if err := w.classifyReport(w.reporter.ReportSuccessSkipped(ctx, b.APIURI, b.BuildID, b.Token)); err != nil {
+				return nil, err
+			}
+		}
+		log.Info("virtual job: nothing to launch")
+		return nil, nil
+	}
+	in := RoutingInput(b)
+	if w.learned != nil {
+		if in.LearnedExcluded, err = w.learned.Excluded(ctx, b.Container); err != nil {
+			return nil, err
+		}
 	}
 	rules := w.rules.Current() // one rule set for the route and its budget
-	d := weightage.Route(RoutingInput(b), rules)
+	d := weightage.Route(in, rules)
 	if d.IgnoredExecutor != "" {
 		log.Warn("executor annotation names no known executor; routing by the other rules", zap.String("executor", d.IgnoredExecutor))
 	}
 	if err := w.admit(ctx, rules, d); err != nil {
-		return err
+		return nil, err
 	}
 	res, err := w.exec.Start(ctx, b, d)
 	if err != nil {
 		if executor.Permanent(err) {
-			return permanent("PodRejected", err)
+			return nil, permanent("PodRejected", err)
 		}
-		return err
+		return nil, err
 	}
 	if res.Created {
 		w.metrics.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
@@ -215,10 +252,10 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error
 		// A stop handled while we were creating may have found no pod to
 		// delete: look again now that the pod exists.
 		if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
-			return err
+			return nil, err
 		} else if stopped {
 			log.Info("build was stopped while its pod was being created; deleting it")
-			return w.exec.Stop(ctx, b.BuildID)
+			return nil, w.exec.Stop(ctx, b.BuildID)
 		}
 	}
 	log.Info("build started",
@@ -228,7 +265,7 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) error
 		zap.Int("bucket", d.Bucket),
 		zap.String("pod", res.Pod.Name),
 		zap.Bool("created", res.Created))
-	return nil
+	return w.verifyAfterStart(b, res, 0), nil
 }
 
 func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) error {

@@ -1,0 +1,91 @@
+package executor
+
+import (
+	"regexp"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestAssess(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	created := metav1.NewTime(now.Add(-time.Minute))
+	pod := func(phase corev1.PodPhase, node string, mut func(*corev1.Pod)) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-1", CreationTimestamp: created}, Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: phase}}
+		if mut != nil {
+			mut(p)
+		}
+		return p
+	}
+	waiting := func(init bool, reason, msg string) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			cs := corev1.ContainerStatus{Name: "c", Image: "img", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}}}
+			if init {
+				p.Status.InitContainerStatuses = append(p.Status.InitContainerStatuses, cs)
+			} else {
+				ok := corev1.ContainerStatus{Name: "build", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}
+				p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, ok, cs) // the failing one is a sidecar
+			}
+		}
+	}
+	terminated := func(code int32, msg string, ran time.Duration) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			start := metav1.NewTime(now.Add(-10 * time.Second))
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "build", Image: "centos:6", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: code, Message: msg, Reason: "Error", StartedAt: start, FinishedAt: metav1.NewTime(start.Add(ran))}}}}
+		}
+	}
+	opts := AssessOptions{PendingTimeout: 15 * time.Minute, ImagePullGrace: 30 * time.Second, Exit139Window: 10 * time.Second,
+		RuntimePatterns: []*regexp.Regexp{regexp.MustCompile(`(?i)vsyscall attempted`)}}
+	sandbox := []*corev1.Event{{Reason: "FailedCreatePodSandBox", Type: corev1.EventTypeWarning, Message: `rpc error: no runtime for "kata" is configured`}}
+	tests := []struct {
+		name   string
+		pod    *corev1.Pod
+		events []*corev1.Event
+		state  State
+		class  FailureClass
+		sig    Signature
+	}{
+		{"Missing", nil, nil, StateMissing, "", SigNone},
+		{"Running", pod(corev1.PodRunning, "n1", nil), nil, StateRunning, "", SigNone},
+		{"Succeeded", pod(corev1.PodSucceeded, "n1", nil), nil, StateSucceeded, "", SigNone},
+		{"Unschedulable", pod(corev1.PodPending, "", func(p *corev1.Pod) {
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: "Unschedulable", Message: "0/4 nodes are available"}}
+		}), nil, StatePendingUnschedulable, "", SigNone},
+		{"ScheduledPulling", pod(corev1.PodPending, "n1", nil), nil, StatePendingPulling, "", SigNone},
+		{"PendingTooLong", pod(corev1.PodPending, "", func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(now.Add(-time.Hour)) }), nil, StateFailed, ClassUnknown, SigNone},
+		{"ErrImagePullWithinGraceWaits", pod(corev1.PodPending, "n1", func(p *corev1.Pod) {
+			p.CreationTimestamp = metav1.NewTime(now.Add(-5 * time.Second))
+			waiting(false, "ErrImagePull", "not found")(p)
+		}), nil, StatePendingPulling, "", SigNone},
+		{"ErrImagePullAfterGraceIsImage", pod(corev1.PodPending, "n1", waiting(false, "ErrImagePull", "not found")), nil, StateFailed, ClassImage, SigNone},
+		{"InvalidImageNameAtOnce", pod(corev1.PodPending, "n1", func(p *corev1.Pod) {
+			p.CreationTimestamp = metav1.NewTime(now)
+			waiting(false, "InvalidImageName", "")(p)
+		}), nil, StateFailed, ClassImage, SigNone},
+		{"LauncherInitImagePullIsImage", pod(corev1.PodPending, "n1", waiting(true, "ImagePullBackOff", "")), nil, StateFailed, ClassImage, SigNone},
+		{"SidecarCrashLoopIsRuntime", pod(corev1.PodRunning, "n1", waiting(false, "CrashLoopBackOff", "back-off")), nil, StateFailed, ClassRuntime, SigNone},
+		{"StartErrorExecFormat", pod(corev1.PodPending, "n1", waiting(false, "StartError", "exec /bin/sh: exec format error")), nil, StateFailed, ClassRuntime, SigExecFormat},
+		{"SandboxEvent", pod(corev1.PodPending, "n1", nil), sandbox, StateFailed, ClassRuntime, SigSandbox},
+		{"SandboxEventIgnoredOnceRunning", pod(corev1.PodRunning, "n1", nil), sandbox, StateRunning, "", SigNone},
+		{"Exit139SoonAfterStartIsRuntime", pod(corev1.PodFailed, "n1", terminated(139, "", 2*time.Second)), nil, StateFailed, ClassRuntime, SigExit139},
+		{"Exit139LateIsUser", pod(corev1.PodFailed, "n1", terminated(139, "", 5*time.Minute)), nil, StateFailed, ClassUser, SigNone},
+		{"ExitNonZeroIsUser", pod(corev1.PodFailed, "n1", terminated(1, "", 2*time.Second)), nil, StateFailed, ClassUser, SigNone},
+		{"ExecFormatTerminated", pod(corev1.PodFailed, "n1", terminated(1, "exec format error", time.Second)), nil, StateFailed, ClassRuntime, SigExecFormat},
+		{"ConfiguredPattern", pod(corev1.PodFailed, "n1", terminated(1, "vsyscall attempted with vsyscall=none", time.Minute)), nil, StateFailed, ClassRuntime, SigPattern},
+		{"DeadlineExceededIsUser", pod(corev1.PodFailed, "n1", func(p *corev1.Pod) { p.Status.Reason = "DeadlineExceeded" }), nil, StateFailed, ClassUser, SigNone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := Assess(tt.pod, tt.events, now, opts)
+			if v.State != tt.state || v.Class != tt.class || v.Signature != tt.sig {
+				t.Fatalf("got %s/%s/%q (%s), want %s/%s/%q", v.State, v.Class, v.Signature, v.Message, tt.state, tt.class, tt.sig)
+			}
+			if v.State == StateFailed && v.Message == "" {
+				t.Fatal("a failure without a message")
+			}
+		})
+	}
+}
