@@ -31,7 +31,7 @@ func TestTier(t *testing.T) {
 			if tt.value != nil {
 				b.Annotations["screwdriver.cd/cpu"] = tt.value
 			}
-			if got := tier(b, "cpu", tiers, tt.allowMax); got != tt.want {
+			if got := tier(b, "cpu", tiers, tierRules{allowMax: tt.allowMax, allowInt: true}); got != tt.want {
 				t.Fatalf("tier = %v, want %v", got, tt.want)
 			}
 		})
