@@ -330,8 +330,8 @@ func kataPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *co
 	name := PodName(o.Prefix, b.BuildID, attempt)
 	id := strconv.FormatInt(b.BuildID, 10)
 	containerName := strings.Trim(dnsLabelPart(o.Prefix+id), "-")
-	cpu := tier(b, "cpu", k.Resources.CPU, buildTiers)
-	mem := tier(b, "ram", k.Resources.Memory, buildTiers)
+	cpu := tier(b, "cpu", k.Resources.CPU, kataCPUTiers)
+	mem := tier(b, "ram", k.Resources.Memory, memoryTiers)
 	timeout := buildTimeout(b, k.BuildTimeout, k.MaxBuildTimeout)
 	grace := gracePeriod(b, k.TerminationGracePeriodSeconds, k.MaxTerminationGracePeriodSeconds)
 	cache := cacheDirs(o, b)
@@ -489,8 +489,8 @@ const (
 // serving TLS on localhost:2376 with client certs shared through an emptyDir.
 // Its size comes from the dockerCpu/dockerRam tiers (names only).
 func dindSidecar(k *config.KataKubernetes, b *build.Config) corev1.Container {
-	cpu := tier(b, "dockerCpu", k.Resources.CPU, dindTiers)
-	mem := tier(b, "dockerRam", k.Resources.Memory, dindTiers)
+	cpu := tier(b, "dockerCpu", k.Resources.CPU, dindCPUTiers)
+	mem := tier(b, "dockerRam", k.Resources.Memory, dindMemTiers)
 	return corev1.Container{
 		Name:            "dind",
 		Image:           k.DockerImage,

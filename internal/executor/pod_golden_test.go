@@ -60,7 +60,7 @@ func goldenCases() []goldenCase {
 		{
 			name: "kata-max", d: kataDecision,
 			build: func(b *build.Config) {
-				b.Annotations = map[string]any{"screwdriver.cd/cpu": "MAX", "beta.screwdriver.cd/ram": "MAX"}
+				b.Annotations = map[string]any{"screwdriver.cd/cpu": "MAX", "beta.screwdriver.cd/ram": "MAX"} // ram MAX is not a tier: LOW
 			},
 		},
 		{

@@ -21,10 +21,14 @@ type tierRules struct {
 	allowInt bool
 }
 
+// MAX is a CPU tier on the Kata path only; for memory it is not a tier on
+// either path (→ LOW), as in the reference.
 var (
-	buildTiers  = tierRules{allowMax: true, allowInt: true}
-	hyperdTiers = tierRules{allowMax: false, allowInt: true}
-	dindTiers   = tierRules{allowMax: true, allowInt: false}
+	kataCPUTiers = tierRules{allowMax: true, allowInt: true}
+	memoryTiers  = tierRules{allowMax: false, allowInt: true}
+	hyperdTiers  = tierRules{allowMax: false, allowInt: true}
+	dindCPUTiers = tierRules{allowMax: true, allowInt: false}
+	dindMemTiers = tierRules{allowMax: false, allowInt: false}
 )
 
 // tier resolves a cpu/ram annotation against a tier table: a tier name
