@@ -115,7 +115,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
 	w.SetVerify(exec, ci,
 		exclusion.NewStore(rdb, keys.Namespace()+":qw:learned-exclusion:", cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout),
-		worker.VerifyOptions{Interval: cfg.Verify.Interval, MissingGrace: 30 * time.Second, Fallback: cfg.Verify.Fallback.Enabled})
+		worker.VerifyOptions{Interval: cfg.Verify.Interval, MissingGrace: 30 * time.Second,
+			Fallback: cfg.Verify.Fallback.Enabled, EarlyExitWindow: cfg.Verify.Exit139Window})
 
 	qlog := log.Named("queue")
 	consumer, err := queue.NewConsumer(rdb, keys, queue.Options{

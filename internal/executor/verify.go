@@ -56,6 +56,8 @@ type Verdict struct {
 	Message   string       // for the user: what happened and where
 	Node      string
 	Pod       string
+	// Since is when the pod started running (StateRunning).
+	Since time.Time
 }
 
 // AssessOptions tune the judgement.
@@ -137,6 +139,14 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 		return fail(ClassUnknown, SigNone, "Unknown", "Failed to create pod. Pod status is: unknown")
 	case corev1.PodRunning:
 		v.State = StateRunning
+		if pod.Status.StartTime != nil {
+			v.Since = pod.Status.StartTime.Time
+		}
+		for _, cs := range pod.Status.ContainerStatuses {
+			if r := cs.State.Running; r != nil && r.StartedAt.After(v.Since) {
+				v.Since = r.StartedAt.Time
+			}
+		}
 		return v
 	}
 

@@ -56,6 +56,9 @@ type VerifyOptions struct {
 	MissingGrace time.Duration
 	// Fallback relaunches a Kata runtime failure once on hyperd.
 	Fallback bool
+	// EarlyExitWindow keeps verify watching a pod this long after it
+	// started running (the exit-139 window).
+	EarlyExitWindow time.Duration
 }
 
 // verifyArgs travel in the verify job. The build config rides along without
@@ -125,6 +128,12 @@ func (w *Worker) verify(ctx context.Context, payload json.RawMessage, log *zap.L
 			}); err != nil {
 				return nil, err
 			}
+			a.ReportedHost = true
+		}
+		// Kata's early deaths (exit 139 of rhel6 images) come right after
+		// start: keep watching a fresh pod until that window has passed.
+		if v.State == executor.StateRunning && !v.Since.IsZero() && time.Since(v.Since) < w.verifyOpts.EarlyExitWindow {
+			return again, nil
 		}
 		w.verifier.ObserveStart(a.Runtime, v, pod)
 		log.Info("build pod is running", zap.String("node", v.Node))

@@ -14,7 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sdkata/queue-worker/internal/ciapi"
 	"github.com/sdkata/queue-worker/internal/config"
+	"github.com/sdkata/queue-worker/internal/exclusion"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
@@ -30,9 +32,16 @@ type bed struct {
 	prefix string
 	kube   kubernetes.Interface
 	ns     string
+	apiURI string
+	ci     *testbed.FakeAPI // set when verify is on
+	exec   *executor.Executor
 }
 
-func startBed(t *testing.T, env map[string]string) *bed {
+func startBed(t *testing.T, env map[string]string) *bed { return startBedWith(t, env, false) }
+
+// startBedWith optionally turns on verify, CI API reporting (to a fake CI
+// API) and the Kata fallback, as the daemon wires them.
+func startBedWith(t *testing.T, env map[string]string, verify bool) *bed {
 	t.Helper()
 	rdb, rns, prefix := testbed.Redis(t)
 	kube, ns := testbed.Kube(t)
@@ -54,13 +63,29 @@ func startBed(t *testing.T, env map[string]string) *bed {
 		Kata: o.Kubernetes, Hyperd: cfg.Executor.K8sVM.Options.Kubernetes, Ecosystem: cfg.Ecosystem,
 	}, 10*time.Second, nil)
 	log := zaptest.NewLogger(t)
-	b := &bed{rdb: rdb, keys: queue.NewKeys(rns), prefix: prefix, kube: kube, ns: ns}
+	b := &bed{rdb: rdb, keys: queue.NewKeys(rns), prefix: prefix, kube: kube, ns: ns, apiURI: "https://api.example", exec: exec}
 	w := worker.New(exec, queue.NewBuildConfigs(rdb, prefix, 2*time.Second), weightage.NewHolder(rules),
 		queue.NewStopMarks(rdb, b.keys, time.Hour, 2*time.Second), log, nil)
+	if verify {
+		b.ci = testbed.FakeCIAPI(t)
+		b.apiURI = b.ci.URL()
+		watcher := executor.NewWatcher(kube, ns)
+		wctx, stopWatch := context.WithCancel(context.Background())
+		t.Cleanup(func() { stopWatch(); watcher.Shutdown() })
+		if err := watcher.Start(wctx, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		exec.Watch(watcher, executor.AssessOptions{PendingTimeout: 4 * time.Second, ImagePullGrace: 0, Exit139Window: 10 * time.Second})
+		ci := ciapi.New(ciapi.Options{Timeout: 2 * time.Second, MaxAttempts: 2, RetryDelay: 50 * time.Millisecond}, log, nil)
+		w.SetVerify(exec, ci, exclusion.NewStore(rdb, b.keys.Namespace()+":qw:learned-exclusion:", time.Hour, 2*time.Second),
+			worker.VerifyOptions{Interval: 300 * time.Millisecond, MissingGrace: 5 * time.Second, Fallback: true, EarlyExitWindow: 3 * time.Second})
+	}
 	c, err := queue.NewConsumer(rdb, b.keys, queue.Options{
 		Queues: []string{prefix + "builds"}, Concurrency: 4, WorkerName: "wtest:" + testbed.Suffix(),
 		BlockTimeout: time.Second, OperationTimeout: 2 * time.Second, DrainTimeout: 5 * time.Second,
-		Retry: queue.RetryPolicy{MaxRetries: 1, Delay: time.Second},
+		SchedulerInterval: 100 * time.Millisecond,
+		Retry:             queue.RetryPolicy{MaxRetries: 1, Delay: time.Second},
+		OnDeadLetter:      w.DeadLettered,
 	}, log, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +110,7 @@ func (b *bed) enqueueStart(t *testing.T, id int64, image string, annotations map
 	cfg := map[string]any{
 		"buildId": id, "jobId": id * 10, "eventId": 1, "jobName": "main", "pipelineId": 42,
 		"pipeline": map[string]any{"id": 42, "name": "org/repo", "scmContext": "github:github.com"},
-		"apiUri": "https://api.example", "container": image, "token": "jwt-" + strconv.FormatInt(id, 10), "annotations": annotations,
+		"apiUri":   b.apiURI, "container": image, "token": "jwt-" + strconv.FormatInt(id, 10), "annotations": annotations,
 	}
 	raw, _ := json.Marshal(cfg)
 	if err := b.rdb.HSet(ctx, b.prefix+"buildConfigs", strconv.FormatInt(id, 10), raw).Err(); err != nil {

@@ -1,0 +1,231 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/testbed"
+)
+
+const kwokPrefix = "kwok.queue-worker.test/"
+
+// kataAnnotations makes every Kata pod of a bed carry kwok's failure
+// simulation (K8S_ANNOTATIONS reaches Kata pods only, so a hyperd relaunch
+// runs normally).
+func kataAnnotations(kv map[string]string) string {
+	m := map[string]string{}
+	for k, v := range kv {
+		m[kwokPrefix+k] = v
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+func bodies(reqs []testbed.CIRequest) []string {
+	var out []string
+	for _, r := range reqs {
+		b, _ := json.Marshal(r.Body)
+		out = append(out, string(b))
+	}
+	return out
+}
+
+func hasFailure(reqs []testbed.CIRequest) bool {
+	for _, r := range reqs {
+		if r.Body["status"] == "FAILURE" {
+			return true
+		}
+	}
+	return false
+}
+
+func hasHostname(reqs []testbed.CIRequest) bool {
+	for _, r := range reqs {
+		if s, ok := r.Body["stats"].(map[string]any); ok && s["hostname"] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// allPods lists every pod of a build, including a fallback relaunch.
+func (b *bed) allPods(t *testing.T, id int64) []corev1.Pod {
+	return b.pods(t, id)
+}
+
+// TestVerify_FailureMatrix: each scenario produces exactly the expected CI
+// calls and pods; fallback relaunches once, only for runtime failures.
+func TestVerify_FailureMatrix(t *testing.T) {
+	tests := []struct {
+		name        string
+		annotations map[string]string // on Kata pods
+		env         map[string]string
+		failure     string // substring of the FAILURE message; "" = no FAILURE
+		fallback    bool   // a hyperd relaunch must run
+		reason      string // pod_start reason metric expectation (class or signature), informative
+	}{
+		{name: "Success"},
+		{name: "ImagePullIsImageFailureNoFallback", annotations: map[string]string{"waiting-reason": "ErrImagePull", "waiting-message": "manifest unknown"}, failure: "check if your image is valid"},
+		{name: "CrashLoopIsRuntimeWithoutSignatureNoFallback", annotations: map[string]string{"waiting-reason": "CrashLoopBackOff", "waiting-message": "back-off 10s"}, failure: "reach out to your cluster admin"},
+		{name: "UserExitNonZeroNoFallback", annotations: map[string]string{"exit-code": "2"}, failure: "exited with code 2"},
+		{name: "Exit139SoonAfterStartFallsBack", annotations: map[string]string{"exit-code": "139", "run-for": "1s"}, fallback: true},
+		{name: "ExecFormatErrorFallsBack", annotations: map[string]string{"terminated-message": "exec /opt/sd/launcher_entrypoint.sh: exec format error", "terminated-reason": "StartError"}, fallback: true},
+		{name: "UnschedulableWaitsThenTimesOut", env: map[string]string{"K8S_NODE_SELECTORS": `{"dedicated":"nowhere"}`}, failure: "still pending"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"WEIGHT_K8S": "100"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			if tt.annotations != nil {
+				env["K8S_ANNOTATIONS"] = kataAnnotations(tt.annotations)
+			}
+			b := startBedWith(t, env, true)
+			id := int64(7000 + i)
+			b.enqueueStart(t, id, "registry.example/app:"+strings.ToLower(tt.name), nil)
+			t.Cleanup(func() {
+				var pods []string
+				for _, p := range b.allPods(t, id) {
+					pods = append(pods, p.Name+"("+p.Labels[executor.LabelRuntime]+","+string(p.Status.Phase)+")")
+				}
+				t.Logf("matrix: %s → CI calls %v; pods %v", tt.name, bodies(b.ci.RequestsFor(id)), pods)
+			})
+
+			switch {
+			case tt.failure != "":
+				reqs := b.ci.WaitFor(t, id, hasFailure, 30*time.Second)
+				var msg string
+				n := 0
+				for _, r := range reqs {
+					if r.Body["status"] == "FAILURE" {
+						msg, _ = r.Body["statusMessage"].(string)
+						n++
+					}
+					if r.Auth != "Bearer jwt-"+fmt.Sprint(id) {
+						t.Errorf("CI call with auth %q", r.Auth)
+					}
+				}
+				if n != 1 || !strings.Contains(msg, tt.failure) {
+					t.Fatalf("FAILURE calls %d, message %q, want one containing %q; calls %v", n, msg, tt.failure, bodies(reqs))
+				}
+				if pods := b.allPods(t, id); len(pods) != 1 || pods[0].Labels[executor.LabelRuntime] != "kata" {
+					t.Fatalf("pods after a non-runtime failure: %d (no fallback expected)", len(pods))
+				}
+			case tt.fallback:
+				var hyperd *corev1.Pod
+				testbed.Eventually(t, 30*time.Second, "fallback pod running on hyperd", func() bool {
+					for _, p := range b.allPods(t, id) {
+						if p.Labels[executor.LabelRuntime] == "hyperd" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+							hyperd = &p
+							return true
+						}
+					}
+					return false
+				})
+				if hyperd.Annotations[executor.AnnotationRule] != "fallback" || !strings.HasSuffix(hyperd.Name, "-r1") {
+					t.Fatalf("relaunch %s rule %q", hyperd.Name, hyperd.Annotations[executor.AnnotationRule])
+				}
+				reqs := b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+				if hasFailure(reqs) {
+					t.Fatalf("a fallen-back build must not be reported FAILURE: %v", bodies(reqs))
+				}
+				testbed.Eventually(t, 15*time.Second, "kata pod deleted", func() bool { return len(b.allPods(t, id)) == 1 })
+				// The learned exclusion sends the next build of that image to hyperd.
+				next := id + 100
+				b.enqueueStart(t, next, "registry.example/app:"+strings.ToLower(tt.name), nil)
+				p := b.waitPod(t, next)
+				if p.Labels[executor.LabelRuntime] != "hyperd" || p.Annotations[executor.AnnotationRule] != "learned-exclusion" {
+					t.Fatalf("next build of the image: runtime %s rule %s", p.Labels[executor.LabelRuntime], p.Annotations[executor.AnnotationRule])
+				}
+				// Exactly one relaunch: still two pods in total for the two builds.
+				time.Sleep(2 * time.Second)
+				if n := len(b.allPods(t, id)); n != 1 {
+					t.Fatalf("build %d has %d pods, want the single relaunch", id, n)
+				}
+			default:
+				reqs := b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+				time.Sleep(4 * time.Second) // past the early-exit window: verify is done
+				reqs = b.ci.RequestsFor(id)
+				if hasFailure(reqs) || len(reqs) != 1 {
+					t.Fatalf("success must give exactly one hostname call, got %v", bodies(reqs))
+				}
+			}
+		})
+	}
+}
+
+// A sandbox failure shows only as a pod event; the watcher sees it and the
+// build falls back to hyperd.
+func TestVerify_SandboxEventFallsBack(t *testing.T) {
+	env := map[string]string{"WEIGHT_K8S": "100", "K8S_ANNOTATIONS": kataAnnotations(map[string]string{"waiting-reason": "ContainerCreating"})}
+	b := startBedWith(t, env, true)
+	const id = 7200
+	b.enqueueStart(t, id, "registry.example/sandbox:1", nil)
+	pod := b.waitPod(t, id)
+	_, err := b.kube.CoreV1().Events(b.ns).Create(context.Background(), &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + ".sandbox", Namespace: b.ns},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: pod.Name, Namespace: b.ns, UID: pod.UID},
+		Reason:         "FailedCreatePodSandBox", Type: corev1.EventTypeWarning,
+		Message: `Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: no runtime for "kata" is configured`,
+		Source:  corev1.EventSource{Component: "kubelet"},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 30*time.Second, "fallback pod on hyperd", func() bool {
+		for _, p := range b.allPods(t, id) {
+			if p.Labels[executor.LabelRuntime] == "hyperd" && p.Annotations[executor.AnnotationRule] == "fallback" {
+				return true
+			}
+		}
+		return false
+	})
+	if hasFailure(b.ci.RequestsFor(id)) {
+		t.Fatal("sandbox fallback reported FAILURE")
+	}
+}
+
+// A redelivered start (the same job twice) never makes a second pod, and the
+// token appears nowhere in the pod.
+func TestVerify_RedeliveredStartKeepsOnePod(t *testing.T) {
+	b := startBedWith(t, map[string]string{"WEIGHT_K8S": "100"}, true)
+	const id = 7300
+	b.enqueueStart(t, id, "node:18", nil)
+	b.enqueueStart(t, id, "node:18", nil)
+	b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+	time.Sleep(2 * time.Second)
+	pods := b.allPods(t, id)
+	if len(pods) != 1 {
+		t.Fatalf("%d pods for a redelivered start", len(pods))
+	}
+	raw, _ := json.Marshal(pods[0])
+	if strings.Contains(string(raw), "jwt-7300") {
+		t.Fatal("token in the pod spec")
+	}
+}
+
+// An unreachable CI API delays verify instead of failing the build; once
+// the API is back the report goes through.
+func TestVerify_CIAPIDownDelaysNotFails(t *testing.T) {
+	b := startBedWith(t, map[string]string{"WEIGHT_K8S": "100"}, true)
+	b.ci.Down()
+	const id = 7400
+	b.enqueueStart(t, id, "node:18", nil)
+	b.waitPod(t, id)
+	time.Sleep(3 * time.Second)
+	if n, _ := b.rdb.LLen(context.Background(), b.keys.Failed()).Result(); n != 0 {
+		t.Fatalf("%d jobs failed while the CI API was down", n)
+	}
+	b.ci.Up()
+	b.ci.WaitFor(t, id, hasHostname, 60*time.Second)
+}
