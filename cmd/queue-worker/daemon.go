@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -57,7 +58,11 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	rdb := newRedis(cfg)
 	defer func() { _ = rdb.Close() }()
 
-	kube, err := newKubernetes(cfg)
+	breakerMetrics := breaker.NewMetrics(reg)
+	// One breaker per dependency. The Kubernetes one guards every client-go
+	// call, informers included; while it is open, jobs wait in the queue.
+	kubeBreaker := breaker.New("kubernetes", breaker.Settings{IsFailure: breaker.HTTPFailure, Logger: log.Named("breaker")}, breakerMetrics)
+	kube, err := newKubernetes(cfg, kubeBreaker)
 	if err != nil {
 		return err
 	}
@@ -111,7 +116,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		Timeout:        time.Duration(cfg.Executor.K8s.Options.Fusebox.Breaker.Timeout) * time.Millisecond,
 		MaxAttempts:    retry.MaxAttempts,
 		RetryDelay:     time.Duration(retry.RetryDelay) * time.Millisecond,
-		BreakerMetrics: breaker.NewMetrics(reg),
+		BreakerMetrics: breakerMetrics,
 	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
 	w.SetVerify(exec, ci,
 		exclusion.NewStore(rdb, keys.Namespace()+":qw:learned-exclusion:", cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout),
@@ -249,7 +254,7 @@ func newRedis(cfg *config.Config) redis.UniversalClient {
 	return redis.NewUniversalClient(opts)
 }
 
-func newKubernetes(cfg *config.Config) (kubernetes.Interface, error) {
+func newKubernetes(cfg *config.Config, b *breaker.Breaker) (kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
 	if path := cfg.Kubernetes.Kubeconfig; path != "" {
@@ -277,6 +282,7 @@ func newKubernetes(cfg *config.Config) (kubernetes.Interface, error) {
 	rc.Burst = cfg.Kubernetes.Burst
 	rc.Timeout = cfg.Kubernetes.RequestTimeout
 	rc.UserAgent = "queue-worker/" + version
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return breaker.RoundTripper(b, rt) })
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("creating kubernetes client: %w", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/queue"
@@ -118,6 +119,10 @@ func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
 		}
 		w.metrics.Jobs.WithLabelValues(class, "requeued").Inc()
 		return
+	}
+	if errors.Is(err, breaker.ErrOpen) {
+		// A dependency is down: the job waits, it is not failed.
+		err = &delayError{reason: "dependency-unavailable", msg: err.Error()}
 	}
 	var held *delayError
 	if errors.As(err, &held) {
