@@ -308,7 +308,7 @@ func RoutingInput(b *build.Config) weightage.Build { return routing.Input(b) }
 
 // classLabel keeps the class metric label bounded.
 func classLabel(c string) string {
-	if c == ClassStart || c == ClassStop {
+	if c == ClassStart || c == ClassStop || c == ClassVerify {
 		return c
 	}
 	return "other"
@@ -331,7 +331,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "jobs_total",
-			Help: "Jobs handled by class (start, stop, other) and outcome (succeeded, retried, failed, requeued).",
+			Help: "Jobs handled by class (start, stop, verify, other) and outcome (succeeded, retried, failed, requeued).",
 		}, []string{"class", "outcome"}),
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_decisions_total",
@@ -351,7 +351,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Starts delayed because their runtime was paused (reason paused) or at its budget of pods in flight (reason budget).",
 		}, []string{"runtime", "reason"}),
 	}
-	for _, c := range []string{ClassStart, ClassStop, "other"} {
+	for _, c := range []string{ClassStart, ClassStop, ClassVerify, "other"} {
 		for _, o := range []string{"succeeded", "retried", "failed", "requeued", "delayed"} {
 			m.Jobs.WithLabelValues(c, o)
 		}

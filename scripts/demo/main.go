@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -34,12 +36,13 @@ func main() {
 	metricsURL := flag.String("metrics", "http://127.0.0.1:18080/metrics", "worker metrics URL")
 	count := flag.Int("builds", 50, "number of builds to enqueue")
 	reset := flag.Bool("reset", false, "only clear the demo's queue, hash and pods, and make sure its namespace exists")
+	ciAddr := flag.String("ci-api", "127.0.0.1:18090", "address of the demo's stand-in CI API (it records the worker's build updates)")
 	flag.Parse()
 	var err error
 	if *reset {
 		err = resetDemo(*redisAddr, *namespace, *prefix, *kubeNS)
 	} else {
-		err = run(*redisAddr, *namespace, *prefix, *kubeNS, *metricsURL, *count)
+		err = run(*redisAddr, *namespace, *prefix, *kubeNS, *metricsURL, *ciAddr, *count)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -107,7 +110,7 @@ func resetDemo(redisAddr, ns, prefix, kubeNS string) error {
 	return nil
 }
 
-func run(redisAddr, ns, prefix, kubeNS, metricsURL string, n int) error {
+func run(redisAddr, ns, prefix, kubeNS, metricsURL, ciAddr string, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	rdb, kube, err := clients(redisAddr)
@@ -115,6 +118,12 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL string, n int) error {
 		return err
 	}
 	defer rdb.Close()
+
+	ci, err := startCIAPI(ciAddr)
+	if err != nil {
+		return err
+	}
+	defer ci.srv.Close()
 
 	base := time.Now().Unix() % 1_000_000 * 100
 	bs := builds(n, base)
@@ -124,7 +133,7 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL string, n int) error {
 		cfg := map[string]any{
 			"buildId": b.id, "jobId": b.id % 37, "eventId": base, "jobName": "main", "pipelineId": 42,
 			"pipeline": map[string]any{"id": 42, "name": "demo/repo", "scmContext": "github:github.com"},
-			"apiUri":   "http://127.0.0.1:9/", "container": b.image, "token": "demo-token-" + strconv.FormatInt(b.id, 10),
+			"apiUri":   "http://" + ciAddr + "/", "container": b.image, "token": "demo-token-" + strconv.FormatInt(b.id, 10),
 			"annotations": b.annotations,
 		}
 		raw, _ := json.Marshal(cfg)
@@ -189,10 +198,20 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL string, n int) error {
 		fmt.Printf("\nthe unknown-class job is in %s:failed:\n  %s\n", ns, failed[0])
 	}
 
+	fmt.Println("\nwaiting for verify to see every pod running and report it to the CI API...")
+	for ci.hostnames() < n && ctx.Err() == nil {
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Printf("CI API received %d build updates: %s\n", ci.count(), ci.summary())
+	for setupCount(ctx, metricsURL) < n && ctx.Err() == nil {
+		time.Sleep(200 * time.Millisecond)
+	}
+
 	fmt.Println("\nworker metrics:")
 	if err := printMetrics(ctx, metricsURL); err != nil {
 		return err
 	}
+	printSetup(ctx, metricsURL)
 
 	fmt.Printf("\nstopping all %d builds through the queue...\n", n)
 	for _, b := range bs {
@@ -256,4 +275,140 @@ func printMetrics(ctx context.Context, url string) error {
 	sort.Strings(lines)
 	fmt.Println(strings.Join(lines, "\n"))
 	return sc.Err()
+}
+
+// ciAPI stands in for Screwdriver's API: it records PUT /v4/builds/<id>.
+type ciAPI struct {
+	srv     *http.Server
+	mu      sync.Mutex
+	updates []map[string]any
+}
+
+func startCIAPI(addr string) (*ciAPI, error) {
+	c := &ciAPI{}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("starting the stand-in CI API on %s: %w", addr, err)
+	}
+	c.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		c.mu.Lock()
+		c.updates = append(c.updates, body)
+		c.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("{}"))
+	})}
+	go func() { _ = c.srv.Serve(ln) }()
+	return c, nil
+}
+
+func (c *ciAPI) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.updates)
+}
+
+func (c *ciAPI) hostnames() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, u := range c.updates {
+		if _, ok := u["stats"]; ok {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *ciAPI) summary() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	kinds := map[string]int{}
+	for _, u := range c.updates {
+		switch {
+		case u["status"] != nil:
+			kinds["status "+fmt.Sprint(u["status"])]++
+		case u["stats"] != nil:
+			kinds["stats.hostname"]++
+		default:
+			kinds["statusMessage"]++
+		}
+	}
+	var parts []string
+	for k, v := range kinds {
+		parts = append(parts, fmt.Sprintf("%d × %s", v, k))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// setupCount is how many pod setups the worker has measured so far.
+func setupCount(ctx context.Context, url string) int {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	total := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "queue_worker_pod_setup_seconds_count{") && strings.Contains(l, `phase="total"`) {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			total += int(v)
+		}
+	}
+	return total
+}
+
+// printSetup shows the mean pod setup time per runtime and phase, from the
+// queue_worker_pod_setup_seconds histogram (kwok nodes start pods at once, so
+// these are control-plane numbers, not a real Kata VM boot).
+func printSetup(ctx context.Context, url string) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	sums, counts := map[string]float64{}, map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		l := sc.Text()
+		for suffix, m := range map[string]map[string]float64{"_sum{": sums, "_count{": counts} {
+			if p := "queue_worker_pod_setup_seconds" + suffix; strings.HasPrefix(l, p) {
+				f := strings.Fields(l)
+				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+				m[strings.TrimPrefix(f[0], p[:len(p)-1])] = v
+			}
+		}
+	}
+	fmt.Println("\npod setup time by runtime and phase (mean seconds, from queue_worker_pod_setup_seconds):")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RUNTIME\tPHASE\tPODS\tMEAN")
+	var keys []string
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if counts[k] == 0 {
+			continue
+		}
+		rt, phase := labelValue(k, "runtime"), labelValue(k, "phase")
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.3fs\n", rt, phase, counts[k], sums[k]/counts[k])
+	}
+	tw.Flush()
+}
+
+func labelValue(labels, name string) string {
+	i := strings.Index(labels, name+`="`)
+	if i < 0 {
+		return ""
+	}
+	rest := labels[i+len(name)+2:]
+	return rest[:strings.IndexByte(rest, '"')]
 }
