@@ -318,14 +318,12 @@ func TestNodeResque_FailedEntryIsListedAndRetriedByNodeTooling(t *testing.T) {
 // for us has at most one ':' and serves our queues, and while a handler is
 // blocked on a job, allWorkingOn shows that job's payload.
 //
-// Not yet part of the suite: the Consumer does not register resque workers.
-// Once queue.Options grows a RegisterWorkers field, enable it with
-//
-//	func TestNodeResque_SeesWorkers(t *testing.T) {
-//		f := newFixture(t, 2)
-//		f.opts.RegisterWorkers = true
-//		checkNodeResqueSeesWorkers(t, f)
-//	}
+// Every consumer slot registers as a resque worker, so node-resque's own
+// tooling shows what each replica is working on.
+func TestNodeResque_WorkersAndAllWorkingOnShowOurSlots(t *testing.T) {
+	checkNodeResqueSeesWorkers(t, newFixture(t, 2))
+}
+
 func checkNodeResqueSeesWorkers(t *testing.T, f *fixture) {
 	t.Helper()
 	ctx := context.Background()
@@ -429,4 +427,29 @@ func checkNodeResqueSeesWorkers(t *testing.T, f *fixture) {
 }
 
 // Referenced so it compiles and stays checked until it joins the suite.
-var _ = checkNodeResqueSeesWorkers
+
+// A job node-resque schedules with enqueueIn (its Retry plugin and
+// Screwdriver's BlockedBy both do) is moved by our mover when due and
+// consumed, with node-resque's delayed bookkeeping cleaned up.
+func TestNodeResque_EnqueueInIsMovedWhenDueAndConsumed(t *testing.T) {
+	f := newFixture(t, 1)
+	var ignored any
+	start := time.Now()
+	nodeQueue(t, f.keys.Namespace(), nil, &ignored, `
+    await queue.enqueueIn(1500, "builds", "start", [{ buildId: 77, jobId: 7 }]);
+    return null;`)
+	jobs := collect(t, f, 1, ack)
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("a job delayed 1.5s ran after %v", took)
+	}
+	if string(jobs[0].Args[0]) != `{"buildId":77,"jobId":7}` {
+		t.Fatalf("args %s", jobs[0].Args[0])
+	}
+	ctx := context.Background()
+	if n := f.rdb.ZCard(ctx, f.keys.DelayedSchedule()).Val(); n != 0 {
+		t.Fatalf("%d timestamps left in the delayed schedule", n)
+	}
+	if keys := f.rdb.Keys(ctx, f.keys.Namespace()+":timestamps:*").Val(); len(keys) != 0 {
+		t.Fatalf("timestamps sets left: %v", keys)
+	}
+}
