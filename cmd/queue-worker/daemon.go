@@ -118,8 +118,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		RetryDelay:     time.Duration(retry.RetryDelay) * time.Millisecond,
 		BreakerMetrics: breakerMetrics,
 	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
-	w.SetVerify(exec, ci,
-		exclusion.NewStore(rdb, keys.Namespace()+":qw:learned-exclusion:", cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout),
+	learned := exclusion.NewStore(rdb, keys.Namespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
+	w.SetVerify(exec, ci, learned,
 		worker.VerifyOptions{Interval: cfg.Verify.Interval, MissingGrace: 30 * time.Second,
 			Fallback: cfg.Verify.Fallback.Enabled, EarlyExitWindow: cfg.Verify.Exit139Window})
 
@@ -149,7 +149,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	reg.MustRegister(queue.NewDepthCollector(rdb, keys, queues, cfg.Queue.OperationTimeout))
 
 	srv := httpserver.New(reg, log.Named("http"))
-	srv.Handle("/debug/route", routing.Handler(holder))
+	srv.Handle("/debug/route", routing.Handler(holder, learned))
 	srv.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	srv.AddCheck("kubernetes", func(ctx context.Context) error {
 		// A namespaced list also proves the RBAC the worker needs.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/sdkata/queue-worker/internal/build"
+	"github.com/sdkata/queue-worker/internal/exclusion"
 	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/weightage"
 )
@@ -55,6 +57,7 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&annotations, "annotation", "annotation KEY=VALUE, repeatable; a KEY without a domain means screwdriver.cd/KEY")
 	output := fs.String("o", "text", "output format: text or json")
 	simulate := fs.Int("simulate", 0, "route N builds (random ids, or the first N input builds) and print the split")
+	checkLearned := fs.Bool("check-learned", false, "also look each image up in the learned-exclusion set in Redis (queue.* settings), as the daemon does")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 1 || (*output != "text" && *output != "json") || *simulate < 0 {
 		return errUsage
 	}
@@ -97,6 +100,12 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if *simulate > 0 {
 		return printSimulation(stdout, *output, rules, next, *simulate)
 	}
+	var learned routing.Learned
+	if *checkLearned {
+		rdb := newRedis(cfg)
+		defer func() { _ = rdb.Close() }()
+		learned = exclusion.NewStore(rdb, cfg.ResqueNamespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
+	}
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false) // reasons hold "<"; keep them readable
 	bad := 0
@@ -110,7 +119,16 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 			bad++
 			continue
 		}
-		e := routing.Explain(routing.Input(b), rules)
+		in := routing.Input(b)
+		if learned != nil && in.Image != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.OperationTimeout)
+			in.LearnedExcluded, err = learned.Excluded(ctx, in.Image)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
+		e := routing.Explain(in, rules)
 		if *output == "json" {
 			if err := enc.Encode(e); err != nil {
 				return fmt.Errorf("writing the explanation: %w", err)

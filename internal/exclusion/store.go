@@ -29,10 +29,10 @@ type Store struct {
 	timeout time.Duration
 }
 
-// NewStore returns a store whose keys start with prefix (e.g. the resque
-// namespace + ":qw:learned-exclusion:").
-func NewStore(rdb redis.UniversalClient, prefix string, ttl, timeout time.Duration) *Store {
-	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, timeout: timeout}
+// NewStore returns the store of a resque namespace; entries live under
+// <namespace>:qw:learned-exclusion:, beside the queue's own keys.
+func NewStore(rdb redis.UniversalClient, namespace string, ttl, timeout time.Duration) *Store {
+	return &Store{rdb: rdb, prefix: namespace + ":qw:learned-exclusion:", ttl: ttl, timeout: timeout}
 }
 
 func (s *Store) key(image string) string {

@@ -135,8 +135,14 @@ func TestExplain_SaysWhy(t *testing.T) {
 	}
 }
 
+// learnedSet is a learned-exclusion set in memory.
+type learnedSet map[string]bool
+
+func (l learnedSet) Excluded(_ context.Context, image string) (bool, error) { return l[image], nil }
+
 func TestHandler_DebugRoute(t *testing.T) {
-	srv := httptest.NewServer(Handler(weightage.NewHolder(mustRules(t, map[string]string{"WEIGHT_K8S": "100"}))))
+	learned := learnedSet{"registry/segfaults:1": true}
+	srv := httptest.NewServer(Handler(weightage.NewHolder(mustRules(t, map[string]string{"WEIGHT_K8S": "100"})), learned))
 	defer srv.Close()
 	tests := []struct {
 		name       string
@@ -149,6 +155,7 @@ func TestHandler_DebugRoute(t *testing.T) {
 	}{
 		{"Weighted", http.MethodGet, "?build_id=1&job_id=2&pipeline_id=3&image=node:18", 200, weightage.Kata, weightage.RuleWeighted, ""},
 		{"Excluded", http.MethodGet, "?build_id=1&image=x/RHEL6", 200, weightage.Hyperd, weightage.RuleExcluded, ""},
+		{"LearnedExclusion", http.MethodGet, "?build_id=1&image=registry/segfaults:1", 200, weightage.Hyperd, weightage.RuleLearnedExclusion, ""},
 		{"RepeatedAnnotations", http.MethodGet, "?build_id=1&image=node&annotation=screwdriver.cd/cpu=HIGH&annotation=executor=k8s-vm", 200, weightage.Hyperd, weightage.RuleAnnotation, "k8s-vm"},
 		{"BadID", http.MethodGet, "?build_id=abc", 400, "", "", ""},
 		{"BadAnnotation", http.MethodGet, "?annotation=novalue", 400, "", "", ""},

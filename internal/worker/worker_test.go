@@ -77,7 +77,7 @@ func startBedWith(t *testing.T, env map[string]string, verify bool) *bed {
 		}
 		exec.Watch(watcher, executor.AssessOptions{PendingTimeout: 4 * time.Second, ImagePullGrace: 0, Exit139Window: 10 * time.Second})
 		ci := ciapi.New(ciapi.Options{Timeout: 2 * time.Second, MaxAttempts: 2, RetryDelay: 50 * time.Millisecond}, log, nil)
-		w.SetVerify(exec, ci, exclusion.NewStore(rdb, b.keys.Namespace()+":qw:learned-exclusion:", time.Hour, 2*time.Second),
+		w.SetVerify(exec, ci, exclusion.NewStore(rdb, b.keys.Namespace(), time.Hour, 2*time.Second),
 			worker.VerifyOptions{Interval: 300 * time.Millisecond, MissingGrace: 5 * time.Second, Fallback: true, EarlyExitWindow: 3 * time.Second})
 	}
 	c, err := queue.NewConsumer(rdb, b.keys, queue.Options{
