@@ -256,7 +256,14 @@ func (w *Worker) reportFailureWithConfig(ctx context.Context, a verifyArgs, msg 
 // run (its last retry failed, or it could not succeed at all), so the build
 // does not stay QUEUED forever.
 func (w *Worker) DeadLettered(ctx context.Context, j *queueJob, reason error) {
-	if w.reporter == nil || j.Class != ClassStart {
+	if w.reporter == nil {
+		return
+	}
+	if j.Class == ClassVerify {
+		w.verifyDeadLettered(ctx, j, reason)
+		return
+	}
+	if j.Class != ClassStart {
 		return
 	}
 	b, err := w.buildConfig(ctx, j, true)
@@ -266,5 +273,30 @@ func (w *Worker) DeadLettered(ctx context.Context, j *queueJob, reason error) {
 	}
 	if err := w.reporter.ReportFailure(ctx, b.APIURI, b.BuildID, b.Token, reason.Error()); err != nil {
 		w.log.Error("reporting the failed start to the CI API failed", zap.Int64("build_id", b.BuildID), zap.Error(err))
+	}
+}
+
+// verifyDeadLettered reports a build whose verify could not complete (its
+// retries ran out), with the token from its pod's Secret, else from the
+// buildConfigs entry.
+func (w *Worker) verifyDeadLettered(ctx context.Context, j *queueJob, reason error) {
+	payload, err := j.Payload()
+	if err != nil {
+		return
+	}
+	var a verifyArgs
+	if err := json.Unmarshal(payload, &a); err != nil || a.Build == nil || w.verifier == nil {
+		return
+	}
+	msg := "Build could not be verified: " + reason.Error()
+	tok, err := w.verifier.Token(ctx, a.Pod)
+	if err != nil {
+		if err := w.reportFailureWithConfig(ctx, a, msg); err != nil {
+			w.log.Error("reporting the unverifiable build to the CI API failed", zap.Int64("build_id", a.BuildID), zap.Error(err))
+		}
+		return
+	}
+	if err := w.reporter.ReportFailure(ctx, a.Build.APIURI, a.BuildID, tok, msg); err != nil {
+		w.log.Error("reporting the unverifiable build to the CI API failed", zap.Int64("build_id", a.BuildID), zap.Error(err))
 	}
 }
