@@ -38,19 +38,10 @@ const moveBatch = 500
 
 // Run moves due jobs every interval until ctx is done.
 func (m *Mover) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if _, err := m.MoveDue(ctx); err != nil && ctx.Err() == nil {
-			m.metrics.RedisErrors.WithLabelValues("move_delayed").Inc()
-			m.log.Warn("moving due delayed jobs failed", zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	runEvery(ctx, interval, "move_delayed", "moving due delayed jobs", m.metrics, m.log, func(ctx context.Context) error {
+		_, err := m.MoveDue(ctx)
+		return err
+	})
 }
 
 // MoveDue moves every job due by now and returns how many it moved.

@@ -34,19 +34,10 @@ func NewRecoverer(rdb redis.UniversalClient, keys Keys, fallback string, timeout
 
 // Run recovers every interval until ctx is done.
 func (r *Recoverer) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if _, err := r.RecoverOnce(ctx); err != nil && ctx.Err() == nil {
-			r.metrics.RedisErrors.WithLabelValues("recover").Inc()
-			r.log.Warn("recovering expired leases failed", zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	runEvery(ctx, interval, "recover", "recovering expired leases", r.metrics, r.log, func(ctx context.Context) error {
+		_, err := r.RecoverOnce(ctx)
+		return err
+	})
 }
 
 // RecoverOnce makes one pass and returns the number of jobs returned.
