@@ -19,7 +19,7 @@ type Metrics struct {
 	ConfigInfo      *prometheus.GaugeVec
 	ReloadSuccess   prometheus.Gauge
 	ReloadTimestamp prometheus.Gauge
-	// KataWeight is the share of weighted builds per runtime, in percent
+	// Weight is the share of weighted builds per runtime, in percent
 	// (hyperd = 100 - kata); -1 when no weight is configured.
 	Weight *prometheus.GaugeVec
 	Paused *prometheus.GaugeVec

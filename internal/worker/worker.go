@@ -331,7 +331,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "jobs_total",
-			Help: "Jobs handled by class (start, stop, verify, other) and outcome (succeeded, retried, failed, requeued).",
+			Help: "Jobs handled by class (start, stop, verify, other) and outcome (succeeded, retried, delayed, failed, requeued).",
 		}, []string{"class", "outcome"}),
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_decisions_total",
@@ -348,7 +348,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"pattern"}),
 		Delayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_delayed_total",
-			Help: "Starts delayed because their runtime was paused (reason paused) or at its budget of pods in flight (reason budget).",
+			Help: "Jobs delayed, not failed: runtime paused (reason paused), at its budget of pods in flight (budget), or a dependency unavailable (dependency-unavailable, ci-api-unavailable; runtime empty).",
 		}, []string{"runtime", "reason"}),
 	}
 	for _, c := range []string{ClassStart, ClassStop, ClassVerify, "other"} {
