@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,27 +21,31 @@ type Job struct {
 	// Raw is the exact bytes taken from Redis; settling a job removes exactly
 	// these bytes from the in-flight list.
 	Raw []byte
-	// rawArgs is the args array exactly as received.
-	rawArgs json.RawMessage
+	// rawArgsOverride, when set, is the args array to render instead of
+	// Args (a follow-up job built from a Go value).
+	rawArgsOverride json.RawMessage
 }
 
 // ErrMalformed marks a payload that is not a resque job at all.
 var ErrMalformed = errors.New("malformed resque job")
 
-// ParseJob decodes a resque job, tolerating extra top-level fields.
+// ParseJob decodes a resque job, tolerating extra top-level fields. The
+// envelope, args included, is decoded in one pass.
 func ParseJob(raw []byte, takenFrom string) (*Job, error) {
 	var env struct {
-		Class   *string          `json:"class"`
-		Queue   *string          `json:"queue"`
-		Args    *json.RawMessage `json:"args"`
-		Attempt int              `json:"attempt"`
+		Class   *string           `json:"class"`
+		Queue   *string           `json:"queue"`
+		Args    []json.RawMessage `json:"args"`
+		Attempt int               `json:"attempt"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&env); err != nil {
+	// json.Unmarshal also rejects trailing data after the object
+	// ("invalid character ... after top-level value").
+	if err := json.Unmarshal(raw, &env); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field == "args" {
+			return nil, fmt.Errorf("%w: \"args\" is not an array", ErrMalformed)
+		}
 		return nil, fmt.Errorf("%w: not a JSON object: %v", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrMalformed)
 	}
 	if env.Class == nil || *env.Class == "" {
 		return nil, fmt.Errorf("%w: missing \"class\"", ErrMalformed)
@@ -50,24 +53,41 @@ func ParseJob(raw []byte, takenFrom string) (*Job, error) {
 	if env.Attempt < 0 {
 		return nil, fmt.Errorf("%w: negative \"attempt\"", ErrMalformed)
 	}
-	j := &Job{Class: *env.Class, Queue: takenFrom, Raw: raw, Attempt: env.Attempt}
+	if env.Args == nil {
+		// Absent or null ("args":[] decodes to an empty, non-nil slice).
+		return nil, fmt.Errorf("%w: missing \"args\"", ErrMalformed)
+	}
+	j := &Job{Class: *env.Class, Queue: takenFrom, Raw: raw, Attempt: env.Attempt, Args: env.Args}
 	if env.Queue != nil && *env.Queue != "" {
 		j.Queue = *env.Queue
 	}
-	if env.Args == nil {
-		return nil, fmt.Errorf("%w: missing \"args\"", ErrMalformed)
-	}
-	if err := json.Unmarshal(*env.Args, &j.Args); err != nil {
-		return nil, fmt.Errorf("%w: \"args\" is not an array", ErrMalformed)
-	}
-	j.rawArgs = *env.Args
 	return j, nil
+}
+
+// rawArgs renders args as a JSON array (element bytes as received).
+func (j *Job) rawArgs() []byte {
+	if j.rawArgsOverride != nil {
+		return j.rawArgsOverride
+	}
+	n := 2
+	for _, a := range j.Args {
+		n += len(a) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '[')
+	for i, a := range j.Args {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, a...)
+	}
+	return append(out, ']')
 }
 
 // withAttempt renders the job for its next attempt, in node-resque's key
 // order with the attempt count appended. Other extra fields are dropped.
 func (j *Job) withAttempt(attempt int) ([]byte, error) {
-	args, err := reencodeJS(j.rawArgs)
+	args, err := reencodeJS(j.rawArgs())
 	if err != nil {
 		return nil, fmt.Errorf("re-encoding args: %w", err)
 	}
