@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -137,7 +138,7 @@ func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Lo
 	for i := range opts.Concurrency {
 		name := opts.WorkerName + "-" + strconv.Itoa(i)
 		q := opts.Queues[i%len(opts.Queues)]
-		c.slots = append(c.slots, &slot{name: name, queue: q, inflight: keys.InFlight(name), record: keys.Worker(name, q)})
+		c.slots = append(c.slots, newSlot(name, q, keys, metrics))
 	}
 	return c, nil
 }
@@ -146,8 +147,12 @@ func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Lo
 type slot struct {
 	name     string // resque worker name
 	queue    string
+	queueKey string // <ns>:queue:<queue>
 	inflight string
 	record   string // resque's <ns>:worker:<name>:<queue>
+	// recordTail is the worker record's text after the payload.
+	recordTail string
+	m          slotMetrics
 	// cancelJob cancels the job in progress when the lease is found lost.
 	mu        sync.Mutex
 	cancelJob context.CancelFunc
@@ -155,6 +160,38 @@ type slot struct {
 	// list may hold a job its (live) lease hides from recoverers, so the slot
 	// returns it to the queue before taking anything else.
 	dirty atomic.Bool
+}
+
+// slotMetrics are the slot's queue-labelled counters, looked up once.
+type slotMetrics struct {
+	taken, acked, retried, postponed, deadLettered prometheus.Counter
+}
+
+func newSlot(name, queue string, keys Keys, m *Metrics) *slot {
+	return &slot{
+		name: name, queue: queue, queueKey: keys.Queue(queue),
+		inflight: keys.InFlight(name), record: keys.Worker(name, queue),
+		recordTail: string(appendJSString([]byte(`,"worker":`), name)) + "}",
+		m: slotMetrics{
+			taken:        m.Taken.WithLabelValues(queue),
+			acked:        m.Acked.WithLabelValues(queue),
+			retried:      m.Retried.WithLabelValues(queue),
+			postponed:    m.Postponed.WithLabelValues(queue),
+			deadLettered: m.DeadLettered.WithLabelValues(queue),
+		},
+	}
+}
+
+// recordHead is the worker record's text before the payload: the layout
+// node-resque's worker writes ({"run_at","queue","payload","worker"}).
+func (s *slot) recordHead(now time.Time) string {
+	v := make([]byte, 0, 112+len(s.queue))
+	v = append(v, `{"run_at":`...)
+	v = appendJSString(v, jsDate(now))
+	v = append(v, `,"queue":`...)
+	v = appendJSString(v, s.queue)
+	v = append(v, `,"payload":`...)
+	return string(v)
 }
 
 func (s *slot) member() string { return s.name + ":" + s.queue }
@@ -238,7 +275,25 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 
 func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	for ctx.Err() == nil {
+	// next is a job the last settle already moved into our in-flight list
+	// (and recorded in the worker record), in the same script.
+	var next string
+	var haveNext bool
+	for {
+		if haveNext {
+			raw := next
+			next, haveNext = "", false
+			if ctx.Err() != nil {
+				// Stopped: the prefetched job goes straight back.
+				c.giveBack(s, raw)
+				break
+			}
+			next, haveNext = c.deliver(ctx, workCtx, s, raw, true, h)
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
 		if s.dirty.Load() {
 			if err := c.requeueLeftovers(ctx, s); err != nil {
 				c.metrics.RedisErrors.WithLabelValues("requeue").Inc()
@@ -248,7 +303,7 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 			}
 			s.dirty.Store(false)
 		}
-		raw, err := c.rdb.BLMove(ctx, c.keys.Queue(s.queue), s.inflight, "LEFT", "RIGHT", c.opts.BlockTimeout).Result()
+		raw, err := c.rdb.BLMove(ctx, s.queueKey, s.inflight, "LEFT", "RIGHT", c.opts.BlockTimeout).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
@@ -267,26 +322,29 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 			continue
 		}
 		backoff.reset()
-		c.metrics.Taken.WithLabelValues(s.queue).Inc()
+		s.m.taken.Inc()
 		c.metrics.InFlight.Inc()
 		if ctx.Err() != nil {
 			// Stopped while the move was in flight: give the job straight back.
 			c.giveBack(s, raw)
 			break
 		}
-		c.deliver(workCtx, s, raw, h)
+		next, haveNext = c.deliver(ctx, workCtx, s, raw, false, h)
 	}
 }
 
-func (c *Consumer) deliver(ctx context.Context, s *slot, raw string, h Handler) {
+// deliver hands one in-flight job to h. recorded says the worker record
+// already holds it (written by the settle script that took it). It returns
+// the next job if the job's settle took one (only while takeCtx is live).
+func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, recorded bool, h Handler) (string, bool) {
 	jobCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.setCancel(cancel)
 	defer s.setCancel(nil)
 
-	d := &Delivery{c: c, slot: s, raw: raw, takenAt: c.now()}
+	d := &Delivery{c: c, slot: s, raw: raw, takenAt: c.now(), takeCtx: takeCtx, prefetched: recorded}
 	job, err := ParseJob([]byte(raw), s.queue)
-	c.recordWorkingOn(ctx, s, raw)
+	c.recordWorkingOn(ctx, s, raw, recorded)
 	if err != nil {
 		// Nothing can make a malformed envelope succeed: dead-letter it with
 		// the reason instead of retrying or dropping it.
@@ -294,7 +352,7 @@ func (c *Consumer) deliver(ctx context.Context, s *slot, raw string, h Handler) 
 		if ferr := d.Fail(jobCtx, "MalformedJob", err); ferr != nil {
 			c.log.Error("dead-lettering a malformed job failed; it stays in flight for recovery", zap.String("queue", s.queue), zap.Error(ferr))
 		}
-		return
+		return d.next, d.haveNext
 	}
 	d.Job = job
 	h.Handle(jobCtx, d)
@@ -302,25 +360,27 @@ func (c *Consumer) deliver(ctx context.Context, s *slot, raw string, h Handler) 
 		c.log.Error("handler left a job unsettled; returning it to its queue", zap.String("queue", s.queue), zap.String("class", job.Class))
 		c.giveBack(s, raw)
 	}
+	return d.next, d.haveNext
 }
 
 // recordWorkingOn mirrors the in-flight job into resque's worker record, so
 // node-resque's allWorkingOn() shows it. Informational: a failure is logged.
-func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string) {
+// When a settle script already wrote the record with the raw job as payload
+// (recorded), it is rewritten only if node-resque would print the payload
+// differently (JSON.stringify of the parsed job).
+func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string, recorded bool) {
+	p, perr := reencodeJS([]byte(raw))
+	if recorded && perr == nil && string(p) == raw {
+		return
+	}
 	v := make([]byte, 0, len(raw)+160)
-	v = append(v, `{"run_at":`...)
-	v = appendJSString(v, jsDate(c.now()))
-	v = append(v, `,"queue":`...)
-	v = appendJSString(v, s.queue)
-	v = append(v, `,"payload":`...)
-	if p, err := reencodeJS([]byte(raw)); err == nil {
+	v = append(v, s.recordHead(c.now())...)
+	if perr == nil {
 		v = append(v, p...)
 	} else {
 		v = appendJSString(v, raw)
 	}
-	v = append(v, `,"worker":`...)
-	v = appendJSString(v, s.name)
-	v = append(v, '}')
+	v = append(v, s.recordTail...)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.OperationTimeout)
 	defer cancel()
 	if err := c.rdb.Set(ctx, s.record, v, 0).Err(); err != nil {
@@ -333,7 +393,7 @@ func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string) {
 func (c *Consumer) giveBack(s *slot, raw string) {
 	ctx := context.Background()
 	_, err := c.withRetry(ctx, func(ctx context.Context) (int, error) {
-		return requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(s.queue), s.record}, raw).Int()
+		return requeueScript.Run(ctx, c.rdb, []string{s.inflight, s.queueKey, s.record}, raw).Int()
 	})
 	c.metrics.InFlight.Dec()
 	if err != nil {
@@ -451,6 +511,47 @@ type Delivery struct {
 	raw     string
 	takenAt time.Time
 	settled atomic.Bool
+	// takeCtx is the consumer's Run context: while it is live, the first
+	// settle may take the slot's next job in the same script.
+	takeCtx context.Context
+	// state is settleFresh until the first settle starts; settleTook marks a
+	// first settle that may have moved another job into the in-flight list,
+	// after which no further settle may touch that list.
+	state atomic.Int32
+	// next is the job the settle took (haveNext), now in the slot's
+	// in-flight list; the slot works it next.
+	next     string
+	haveNext bool
+	// prefetched says this job was taken by the previous job's settle.
+	prefetched bool
+}
+
+const (
+	settleFresh int32 = iota
+	settlePlain
+	settleTook
+)
+
+// errSettledAlready refuses a second settle after the first one took the
+// slot's next job: the in-flight list now holds that job, which may even have
+// the same bytes as this one.
+var errSettledAlready = errors.New("already settled")
+
+// begin claims the delivery's settle. It reports whether this settle may
+// take the next job, or an error if an earlier settle took one.
+func (d *Delivery) begin(op string, mayTake bool) (bool, error) {
+	take := mayTake && d.takeCtx != nil && d.takeCtx.Err() == nil
+	st := settlePlain
+	if take {
+		st = settleTook
+	}
+	if d.state.CompareAndSwap(settleFresh, st) {
+		return take, nil
+	}
+	if d.state.Load() == settleTook {
+		return false, fmt.Errorf("%s job %s: %w", op, d.describe(), errSettledAlready)
+	}
+	return false, nil
 }
 
 // run executes a settling script with retries. It runs even when the job's
@@ -458,6 +559,55 @@ type Delivery struct {
 func (d *Delivery) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (int, error) {
 	return d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
 		return s.Run(ctx, d.c.rdb, keys, args...).Int()
+	})
+}
+
+// runTake is run, but when take is set its first attempt is the script's
+// take-next variant (see takeNextTail), which also moves the slot's next
+// job into the in-flight list. Retries use the plain script: if the first
+// attempt's reply was lost, a job it took may sit in the in-flight list, so
+// the slot is marked dirty and sweeps it back to the queue before taking.
+func (d *Delivery) runTake(ctx context.Context, take bool, plain, withTake *redis.Script, keys []string, args ...any) (int, error) {
+	if !take {
+		return d.run(ctx, plain, keys, args...)
+	}
+	s := d.slot
+	tkeys := append(keys[:len(keys):len(keys)], s.queueKey, s.record)
+	targs := append(args[:len(args):len(args)], s.recordHead(d.c.now()), s.recordTail)
+	first := true
+	return d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
+		if !first {
+			return plain.Run(ctx, d.c.rdb, keys, args...).Int()
+		}
+		first = false
+		res, err := withTake.Run(ctx, d.c.rdb, tkeys, targs...).Slice()
+		if err == nil && (len(res) < 1 || len(res) > 2) {
+			err = fmt.Errorf("unexpected reply %v", res)
+		}
+		var n int64
+		if err == nil {
+			var ok bool
+			if n, ok = res[0].(int64); !ok {
+				err = fmt.Errorf("unexpected reply %v", res)
+			}
+		}
+		if err == nil && len(res) == 2 {
+			job, ok := res[1].(string)
+			if !ok {
+				err = fmt.Errorf("unexpected reply %v", res)
+			} else {
+				d.next, d.haveNext = job, true
+			}
+		}
+		if err != nil {
+			s.dirty.Store(true)
+			return 0, err
+		}
+		if !d.haveNext {
+			// Nothing was taken: a later settle may touch the list again.
+			d.state.Store(settlePlain)
+		}
+		return int(n), nil
 	})
 }
 
@@ -472,6 +622,10 @@ func (d *Delivery) settle(op string, n int, err error) error {
 	}
 	d.settled.Store(true)
 	d.c.metrics.InFlight.Dec()
+	if d.haveNext {
+		d.slot.m.taken.Inc()
+		d.c.metrics.InFlight.Inc()
+	}
 	d.c.metrics.TakeToSettle.Observe(d.c.now().Sub(d.takenAt).Seconds())
 	if n == 0 {
 		d.c.metrics.LostSettles.WithLabelValues(op).Inc()
@@ -482,10 +636,14 @@ func (d *Delivery) settle(op string, n int, err error) error {
 
 // Ack removes the job from flight and counts it processed.
 func (d *Delivery) Ack(ctx context.Context) error {
+	take, err := d.begin("ack", true)
+	if err != nil {
+		return err
+	}
 	keys := []string{d.slot.inflight, d.c.keys.StatProcessed(), d.c.keys.WorkerStatProcessed(d.slot.name), d.slot.record}
-	n, err := d.run(ctx, ackScript, keys, d.raw)
+	n, err := d.runTake(ctx, take, ackScript, ackTakeScript, keys, d.raw)
 	if err == nil && n == 1 {
-		d.c.metrics.Acked.WithLabelValues(d.slot.queue).Inc()
+		d.slot.m.acked.Inc()
 	}
 	return d.settle("ack", n, err)
 }
@@ -494,6 +652,10 @@ func (d *Delivery) Ack(ctx context.Context) error {
 // reason, in node-resque's format so resque tooling can show and retry it.
 // Use it for failures no retry can fix.
 func (d *Delivery) Fail(ctx context.Context, exception string, reason error) error {
+	take, err := d.begin("fail", true)
+	if err != nil {
+		return err
+	}
 	entry := Failure{
 		Worker:    d.slot.name,
 		Queue:     d.Job.Queue,
@@ -503,12 +665,12 @@ func (d *Delivery) Fail(ctx context.Context, exception string, reason error) err
 		FailedAt:  d.c.now(),
 	}.Encode()
 	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(d.slot.name), d.slot.record}
-	n, err := d.run(ctx, failScript, keys, d.raw, entry)
+	n, err := d.runTake(ctx, take, failScript, failTakeScript, keys, d.raw, entry)
 	if err := d.settle("fail", n, err); err != nil {
 		return err
 	}
 	if n == 1 {
-		d.c.metrics.DeadLettered.WithLabelValues(d.slot.queue).Inc()
+		d.slot.m.deadLettered.Inc()
 		if d.c.opts.OnDeadLetter != nil && d.Job.Class != "" {
 			d.c.opts.OnDeadLetter(context.WithoutCancel(ctx), d.Job, reason)
 		}
@@ -528,7 +690,7 @@ func (d *Delivery) Retry(ctx context.Context, exception string, reason error) (b
 	if err := d.schedule(ctx, d.c.opts.Retry.backoff(next), next, "retry"); err != nil {
 		return false, err
 	}
-	d.c.metrics.Retried.WithLabelValues(d.slot.queue).Inc()
+	d.slot.m.retried.Inc()
 	d.c.log.Info("job re-queued for a later attempt", zap.String("class", d.Job.Class), zap.Int("attempt", next),
 		zap.Duration("delay", d.c.opts.Retry.backoff(next)), zap.String("reason", reason.Error()))
 	return true, nil
@@ -541,7 +703,7 @@ func (d *Delivery) RetryLater(ctx context.Context, delay time.Duration) error {
 	if err := d.schedule(ctx, delay, d.Job.Attempt, "delay"); err != nil {
 		return err
 	}
-	d.c.metrics.Postponed.WithLabelValues(d.slot.queue).Inc()
+	d.slot.m.postponed.Inc()
 	return nil
 }
 
@@ -554,7 +716,7 @@ func (d *Delivery) FollowUp(ctx context.Context, class string, args any, delay t
 	if err != nil {
 		return fmt.Errorf("encoding the follow-up of job %s: %w", d.describe(), err)
 	}
-	next := &Job{Class: class, Queue: d.Job.Queue, rawArgs: a}
+	next := &Job{Class: class, Queue: d.Job.Queue, rawArgsOverride: a}
 	return d.scheduleJob(ctx, delay, next, 0, "follow-up")
 }
 
@@ -567,16 +729,24 @@ func (d *Delivery) scheduleJob(ctx context.Context, delay time.Duration, j *Job,
 	if err != nil {
 		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
 	}
+	take, err := d.begin(op, true)
+	if err != nil {
+		return err
+	}
 	// node-resque's enqueueIn rounds to the nearest second.
 	ts := int64(math.Round(float64(d.c.now().Add(delay).UnixMilli()) / 1000))
 	keys := []string{d.slot.inflight, d.c.keys.Delayed(ts), d.c.keys.Timestamps(string(next)), d.c.keys.DelayedSchedule(), d.slot.record}
-	n, err := d.run(ctx, delayScript, keys, d.raw, next, ts)
+	n, err := d.runTake(ctx, take, delayScript, delayTakeScript, keys, d.raw, next, ts)
 	return d.settle(op, n, err)
 }
 
 // Requeue returns the job to the head of its queue unchanged.
+// It never takes the next job: that would take this one straight back.
 func (d *Delivery) Requeue(ctx context.Context) error {
-	n, err := d.run(ctx, requeueScript, []string{d.slot.inflight, d.c.keys.Queue(d.slot.queue), d.slot.record}, d.raw)
+	if _, err := d.begin("requeue", false); err != nil {
+		return err
+	}
+	n, err := d.run(ctx, requeueScript, []string{d.slot.inflight, d.slot.queueKey, d.slot.record}, d.raw)
 	return d.settle("requeue", n, err)
 }
 

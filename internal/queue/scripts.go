@@ -9,18 +9,23 @@ import "github.com/redis/go-redis/v9"
 // clocks agree on what has expired.
 
 // ackScript: KEYS inflight, stat:processed, stat:processed:<slot>, worker record.
-var ackScript = redis.NewScript(`
+const ackBody = `
 local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if n == 1 then
   redis.call('INCR', KEYS[2])
   redis.call('INCR', KEYS[3])
   redis.call('DEL', KEYS[4])
 end
-return n`)
+`
+
+var (
+	ackScript     = redis.NewScript(ackBody + "return n")
+	ackTakeScript = redis.NewScript(ackBody + takeNextTail)
+)
 
 // failScript: KEYS inflight, failed, stat:failed, stat:failed:<slot>, worker record.
 // ARGV raw job, failed entry.
-var failScript = redis.NewScript(`
+const failBody = `
 local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if n == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -28,7 +33,12 @@ if n == 1 then
   redis.call('INCR', KEYS[4])
   redis.call('DEL', KEYS[5])
 end
-return n`)
+`
+
+var (
+	failScript     = redis.NewScript(failBody + "return n")
+	failTakeScript = redis.NewScript(failBody + takeNextTail)
+)
 
 // requeueScript: KEYS inflight, queue, worker record. ARGV raw job.
 // Puts the job back at the head of its queue.
@@ -44,7 +54,7 @@ return n`)
 // scheduler and ours both move it when due.
 // KEYS inflight, delayed:<ts>, timestamps:<new job>, delayed_queue_schedule, worker record.
 // ARGV raw job, new job bytes, ts.
-var delayScript = redis.NewScript(`
+const delayBody = `
 local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if n == 1 then
   local member = 'delayed:' .. ARGV[3]
@@ -56,7 +66,31 @@ if n == 1 then
   end
   redis.call('DEL', KEYS[5])
 end
-return n`)
+`
+
+var (
+	delayScript     = redis.NewScript(delayBody + "return n")
+	delayTakeScript = redis.NewScript(delayBody + takeNextTail)
+)
+
+// takeNextTail ends the *TakeScript variants of the settling scripts: after
+// a settle that found the job in flight (n == 1), it moves the next job of
+// the slot's queue into the slot's in-flight list (emptied by the settle) and
+// writes resque's worker record for it, in the same atomic step. So the slot
+// owns the next job, crash-safely, before the reply leaves Redis, and the
+// slot needs no separate take (BLMOVE) while its queue has work.
+//
+// The variants take two extra KEYS after the settle's own: the slot's queue
+// and its worker record; and two extra ARGV: the record's text before and
+// after the payload (the raw job is the payload). They return {n} when
+// nothing was taken (settle not applied, or the queue empty) and {n, job}
+// when the job was taken.
+const takeNextTail = `
+if n ~= 1 then return {n} end
+local job = redis.call('LMOVE', KEYS[#KEYS-1], KEYS[1], 'LEFT', 'RIGHT')
+if not job then return {n} end
+redis.call('SET', KEYS[#KEYS], ARGV[#ARGV-1] .. job .. ARGV[#ARGV])
+return {n, job}`
 
 // moveDueScript moves the jobs of one due timestamp into their queues
 // (RPUSH, as node-resque's scheduler does), at most ARGV[4] per call.
