@@ -344,7 +344,7 @@ func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, re
 
 	d := &Delivery{c: c, slot: s, raw: raw, takenAt: c.now(), takeCtx: takeCtx, prefetched: recorded}
 	job, err := ParseJob([]byte(raw), s.queue)
-	c.recordWorkingOn(ctx, s, raw, recorded)
+	c.recordWorkingOn(ctx, s, raw, recorded, err == nil)
 	if err != nil {
 		// Nothing can make a malformed envelope succeed: dead-letter it with
 		// the reason instead of retrying or dropping it.
@@ -368,7 +368,10 @@ func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, re
 // When a settle script already wrote the record with the raw job as payload
 // (recorded), it is rewritten only if node-resque would print the payload
 // differently (JSON.stringify of the parsed job).
-func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string, recorded bool) {
+func (c *Consumer) recordWorkingOn(ctx context.Context, s *slot, raw string, recorded, valid bool) {
+	if recorded && valid && printedAsJS([]byte(raw)) {
+		return
+	}
 	p, perr := reencodeJS([]byte(raw))
 	if recorded && perr == nil && string(p) == raw {
 		return

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Job is one resque job: {"class":..,"queue":..,"args":[..]}.
@@ -109,4 +110,79 @@ func (j *Job) Payload() (json.RawMessage, error) {
 		return nil, fmt.Errorf("%w: \"args\" is empty", ErrMalformed)
 	}
 	return j.Args[0], nil
+}
+
+// printedAsJS reports, conservatively, that raw (a valid JSON document, e.g.
+// one ParseJob accepted) is already exactly what JSON.stringify(JSON.parse(raw))
+// prints, so reencodeJS(raw) would return raw unchanged: no whitespace
+// between tokens, only the escapes JSON.stringify writes, valid UTF-8, and
+// numbers that are plain safe integers. false means "re-encode to know";
+// node-resque's own payloads always pass.
+func printedAsJS(raw []byte) bool {
+	if !utf8.Valid(raw) {
+		return false
+	}
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		switch {
+		case c == '"':
+			i++
+			for i < len(raw) && raw[i] != '"' {
+				b := raw[i]
+				if b < 0x20 {
+					return false
+				}
+				if b != '\\' {
+					i++
+					continue
+				}
+				if i+1 >= len(raw) {
+					return false
+				}
+				switch raw[i+1] {
+				case '"', '\\', 'b', 'f', 'n', 'r', 't':
+					i += 2
+				case 'u':
+					// JSON.stringify writes \u00xx (lowercase hex) for the
+					// control characters without a short escape only.
+					if i+6 > len(raw) || string(raw[i+2:i+4]) != "00" || (raw[i+4] != '0' && raw[i+4] != '1') {
+						return false
+					}
+					h := raw[i+5]
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f') {
+						return false
+					}
+					switch string(raw[i+4 : i+6]) {
+					case "08", "09", "0a", "0c", "0d":
+						return false
+					}
+					i += 6
+				default:
+					return false
+				}
+			}
+			i++ // closing quote
+		case c == '-' || '0' <= c && c <= '9':
+			start := i
+			if c == '-' {
+				i++
+			}
+			digits := i
+			for i < len(raw) && '0' <= raw[i] && raw[i] <= '9' {
+				i++
+			}
+			n := i - digits
+			if n == 0 || n > 15 || (raw[digits] == '0' && (n > 1 || digits > start)) {
+				return false // empty, beyond 2^53, leading zero, or -0
+			}
+			if i < len(raw) && (raw[i] == '.' || raw[i] == 'e' || raw[i] == 'E') {
+				return false
+			}
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			return false
+		default:
+			i++ // structural characters and the letters of true/false/null
+		}
+	}
+	return true
 }
