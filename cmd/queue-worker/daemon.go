@@ -173,7 +173,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
+	httpDone := make(chan struct{})
 	go func() {
+		defer close(httpDone)
 		// A listener that cannot start (port taken) must stop the daemon:
 		// an unobservable worker is not one operators can run.
 		if err := <-httpErr; err != nil {
@@ -181,8 +183,13 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			cancelRun()
 		}
 	}()
-	if err := consumer.Run(runCtx, w); err != nil {
-		return err
+	runErr := consumer.Run(runCtx, w)
+	// Health and metrics stay up through the drain; stop them, and wait,
+	// before the deferred closes of Redis and the watch cache.
+	stopHTTP()
+	<-httpDone
+	if runErr != nil {
+		return runErr
 	}
 	log.Info("queue-worker stopped: no job in flight")
 	return nil
@@ -237,6 +244,9 @@ func newRedis(cfg *config.Config) redis.UniversalClient {
 		DialTimeout:  5 * time.Second,
 		ReadTimeout:  q.OperationTimeout,
 		WriteTimeout: q.OperationTimeout,
+		// Each slot holds a connection inside BLMOVE; heartbeats, settles,
+		// the recoverer, the mover, scrapes and health checks need their own.
+		PoolSize: cfg.Worker.Concurrency + 16,
 	}
 	switch q.ConnectionType {
 	case "redisCluster":
@@ -280,7 +290,8 @@ func newKubernetes(cfg *config.Config, b *breaker.Breaker) (kubernetes.Interface
 	}
 	rc.QPS = float32(cfg.Kubernetes.QPS)
 	rc.Burst = cfg.Kubernetes.Burst
-	rc.Timeout = cfg.Kubernetes.RequestTimeout
+	// No rc.Timeout: it becomes http.Client.Timeout and would cut the
+	// informers' watch streams; every call of ours has its own deadline.
 	rc.UserAgent = "queue-worker/" + version
 	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return breaker.RoundTripper(b, rt) })
 	cs, err := kubernetes.NewForConfig(rc)

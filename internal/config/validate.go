@@ -407,6 +407,11 @@ func (v *validator) queue() {
 		if q.ConnectionType == "redisCluster" && q.RedisConnection.Database != 0 {
 			v.fail("queue.redisConnection.database", "must be 0 with redisCluster (Redis Cluster has only database 0), got %d", q.RedisConnection.Database)
 		}
+		if q.ConnectionType == "redisCluster" && q.Namespace != "" && !hasHashTag(q.Namespace) {
+			// Our scripts touch several keys of the namespace at once; on
+			// Cluster they must share a slot, which only a {hash tag} ensures.
+			v.fail("queue.namespace", "%q needs a {hash tag} on redisCluster (like resque:{screwdriver-resque}), or multi-key scripts fail with CROSSSLOT", q.Namespace)
+		}
 	default:
 		v.oneOf("queue.connectionType", q.ConnectionType, "redis", "redisCluster", "redisSentinel")
 	}
@@ -504,4 +509,11 @@ func (v *validator) process() {
 	v.intRange("httpd.port", c.HTTPD.Port, 1, 65535)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "console")
+}
+
+// hasHashTag reports whether a key prefix holds a non-empty Redis Cluster
+// hash tag ("{...}").
+func hasHashTag(s string) bool {
+	i := strings.IndexByte(s, '{')
+	return i >= 0 && strings.IndexByte(s[i+1:], '}') > 0
 }

@@ -170,6 +170,15 @@ func TestValidate_Rules(t *testing.T) {
 			wantKeys: []string{"queue.redisClusterConnection.hosts"},
 		},
 		{
+			name: "ClusterNamespaceNeedsHashTag",
+			mutate: func(c *Config) {
+				c.Queue.ConnectionType = "redisCluster"
+				c.Queue.RedisClusterConnection.Hosts = []string{"r-0:6379"}
+				c.Queue.Namespace = "resque:builds"
+			},
+			wantKeys: []string{"queue.namespace"},
+		},
+		{
 			name: "SentinelNeedsHostPortAndMaster",
 			mutate: func(c *Config) {
 				c.Queue.ConnectionType = "redisSentinel"

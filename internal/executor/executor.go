@@ -148,7 +148,9 @@ func (e *Executor) Watch(w *Watcher, o AssessOptions) {
 
 // Verify judges a build pod. It reads the watch cache, and the API server
 // only when the cache does not have the pod yet (right after its create).
-func (e *Executor) Verify(ctx context.Context, podName string) (Verdict, *corev1.Pod) {
+// Only a NotFound answer means the pod is missing: any other API error is
+// returned, so the caller retries instead of reporting a vanished build.
+func (e *Executor) Verify(ctx context.Context, podName string) (Verdict, *corev1.Pod, error) {
 	var pod *corev1.Pod
 	var events []*corev1.Event
 	if e.watcher != nil {
@@ -158,11 +160,19 @@ func (e *Executor) Verify(ctx context.Context, podName string) (Verdict, *corev1
 		getCtx, cancel := context.WithTimeout(ctx, e.timeout)
 		p, err := e.client.CoreV1().Pods(e.opts.Namespace).Get(getCtx, podName, metav1.GetOptions{})
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			pod = p
+		case !apierrors.IsNotFound(err):
+			return Verdict{}, nil, fmt.Errorf("reading pod %s/%s: %w", e.opts.Namespace, podName, err)
 		}
 	}
-	return Assess(pod, events, e.now(), e.assess), pod
+	return Assess(pod, events, e.now(), e.assess), pod, nil
+}
+
+// PodName is the deterministic name of a build's pod for an attempt.
+func (e *Executor) PodName(buildID int64, attempt int) string {
+	return PodName(e.opts.Prefix, buildID, attempt)
 }
 
 // ObserveStart records how a pod start went: setup phases when it runs,

@@ -117,6 +117,11 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 	// missing handler, CNI in the guest): only in events.
 	if pod.Status.Phase == corev1.PodPending {
 		for _, e := range events {
+			// Events are found by pod name: ignore those of an earlier pod
+			// that had the same name.
+			if e.InvolvedObject.UID != "" && pod.UID != "" && e.InvolvedObject.UID != pod.UID {
+				continue
+			}
 			if e.Reason == "FailedCreatePodSandBox" && e.Type == corev1.EventTypeWarning {
 				return fail(ClassRuntime, SigSandbox, e.Reason, "Build failed to start: the runtime could not create the pod sandbox: "+e.Message)
 			}

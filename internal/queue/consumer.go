@@ -160,6 +160,10 @@ type slot struct {
 	// list may hold a job its (live) lease hides from recoverers, so the slot
 	// returns it to the queue before taking anything else.
 	dirty atomic.Bool
+	// needLease is set when the slot's lease was recovered elsewhere: it
+	// re-leases itself before taking again, or recoverers would treat its
+	// next job as an orphan.
+	needLease atomic.Bool
 }
 
 // slotMetrics are the slot's queue-labelled counters, looked up once.
@@ -203,6 +207,7 @@ func (s *slot) setCancel(f context.CancelFunc) {
 }
 
 func (s *slot) leaseLost() {
+	s.needLease.Store(true)
 	s.mu.Lock()
 	if s.cancelJob != nil {
 		s.cancelJob()
@@ -267,6 +272,15 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 		}()
 	}
 	wg.Wait()
+	// A slot whose last settle or take failed may still hold a job: return it
+	// now rather than after a whole lease.
+	for _, s := range c.slots {
+		if s.dirty.Load() {
+			if err := c.requeueLeftovers(bg, s); err != nil {
+				c.log.Warn("returning a leftover job at exit failed; it returns when the lease expires", zap.String("slot", s.name), zap.Error(err))
+			}
+		}
+	}
 	stopHB()
 	bgWG.Wait()
 	c.unregister(bg)
@@ -302,6 +316,14 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 				continue
 			}
 			s.dirty.Store(false)
+		}
+		if s.needLease.Load() {
+			if err := c.heartbeat(ctx, false); err != nil {
+				c.metrics.RedisErrors.WithLabelValues("heartbeat").Inc()
+				sleepCtx(ctx, backoff.next())
+				continue
+			}
+			s.needLease.Store(false)
 		}
 		raw, err := c.rdb.BLMove(ctx, s.queueKey, s.inflight, "LEFT", "RIGHT", c.opts.BlockTimeout).Result()
 		if errors.Is(err, redis.Nil) {
@@ -631,6 +653,7 @@ func (d *Delivery) settle(op string, n int, err error) error {
 	}
 	d.c.metrics.TakeToSettle.Observe(d.c.now().Sub(d.takenAt).Seconds())
 	if n == 0 {
+		d.slot.needLease.Store(true)
 		d.c.metrics.LostSettles.WithLabelValues(op).Inc()
 		d.c.log.Warn("job was no longer in flight (its lease was recovered elsewhere); nothing written", zap.String("slot", d.slot.name), zap.String("op", op))
 	}

@@ -39,13 +39,21 @@ func (m *StopMarks) MarkStopped(ctx context.Context, buildID int64) error {
 func (m *StopMarks) Stopped(ctx context.Context, buildID, jobID int64) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.timeout)
 	defer cancel()
+	// One EXISTS per key: our mark is hash-tagged with the namespace,
+	// queue-service's is a plain key, so on Redis Cluster they live in
+	// different slots and a multi-key EXISTS would fail with CROSSSLOT.
 	keys := []string{m.keys.Stopped(buildID)}
 	if jobID != 0 {
 		keys = append(keys, "deleted_"+strconv.FormatInt(jobID, 10)+"_"+strconv.FormatInt(buildID, 10))
 	}
-	n, err := m.rdb.Exists(ctx, keys...).Result()
-	if err != nil {
-		return false, fmt.Errorf("checking whether build %d was stopped: %w", buildID, err)
+	for _, k := range keys {
+		n, err := m.rdb.Exists(ctx, k).Result()
+		if err != nil {
+			return false, fmt.Errorf("checking whether build %d was stopped: %w", buildID, err)
+		}
+		if n > 0 {
+			return true, nil
+		}
 	}
-	return n > 0, nil
+	return false, nil
 }

@@ -25,7 +25,9 @@ func (e *downExecutor) Start(context.Context, *build.Config, weightage.Decision)
 	e.calls++
 	return nil, fmt.Errorf("creating pod: %w", breaker.ErrOpen)
 }
-func (e *downExecutor) Stop(context.Context, int64) error { return fmt.Errorf("deleting pods: %w", breaker.ErrOpen) }
+func (e *downExecutor) Stop(context.Context, int64) error {
+	return fmt.Errorf("deleting pods: %w", breaker.ErrOpen)
+}
 
 // With the Kubernetes breaker open, a start waits in the delayed schedule:
 // no attempt is spent and nothing reaches the failed list.

@@ -25,7 +25,8 @@ const ClassVerify = "verify"
 
 // Verifier is what verify needs from the Kubernetes side.
 type Verifier interface {
-	Verify(ctx context.Context, podName string) (executor.Verdict, *corev1.Pod)
+	Verify(ctx context.Context, podName string) (executor.Verdict, *corev1.Pod, error)
+	PodName(buildID int64, attempt int) string
 	StartAttempt(ctx context.Context, b *build.Config, d weightage.Decision, attempt int) (*executor.StartResult, error)
 	DeletePod(ctx context.Context, name string) error
 	Token(ctx context.Context, podName string) (string, error)
@@ -115,8 +116,30 @@ func (w *Worker) verify(ctx context.Context, payload json.RawMessage, log *zap.L
 	} else if stopped {
 		return nil, nil // stopped meanwhile: nothing to verify
 	}
-	v, pod := w.verifier.Verify(ctx, a.Pod)
+	v, pod, err := w.verifier.Verify(ctx, a.Pod)
+	if err != nil {
+		return nil, err
+	}
 	again := &followUp{class: ClassVerify, args: &a, delay: w.verifyOpts.Interval}
+	// A fallback interrupted after its relaunch (crash, lost lease, failed
+	// follow-up) runs this verify again for the Kata pod: carry on with the
+	// relaunch instead of judging the Kata pod a second time.
+	if a.Attempt == 0 && a.Runtime == weightage.Kata && (v.State == executor.StateMissing || v.State == executor.StateFailed) {
+		relaunch := w.verifier.PodName(a.BuildID, 1)
+		if rv, _, err := w.verifier.Verify(ctx, relaunch); err != nil {
+			return nil, err
+		} else if rv.State != executor.StateMissing {
+			log.Info("resuming verify of the fallback relaunch", zap.String("relaunch", relaunch))
+			if v.State == executor.StateFailed {
+				if err := w.verifier.DeletePod(ctx, a.Pod); err != nil {
+					return nil, err
+				}
+			}
+			a.Pod, a.Attempt, a.Runtime, a.Since = relaunch, 1, weightage.Hyperd, time.Now().UnixMilli()
+			a.ReportedHost, a.ReportedWait = false, false // the relaunch runs on another node
+			return again, nil
+		}
+	}
 	token := func() (string, error) { return w.verifier.Token(ctx, a.Pod) }
 	api := a.Build.APIURI
 
@@ -181,6 +204,15 @@ func (w *Worker) verify(ctx context.Context, payload json.RawMessage, log *zap.L
 	}); err != nil {
 		return nil, err
 	}
+	// A pending pod reported as failed could still start later (the kubelet
+	// keeps retrying a sandbox, an image pull): remove it so no build runs
+	// that the CI already shows as failed. Finished pods stay for debugging
+	// until the build's stop.
+	if pod != nil && pod.Status.Phase == corev1.PodPending {
+		if err := w.verifier.DeletePod(ctx, a.Pod); err != nil {
+			log.Warn("deleting the failed pending pod failed; stop will remove it", zap.Error(err))
+		}
+	}
 	return nil, nil
 }
 
@@ -204,6 +236,13 @@ func (w *Worker) fallback(ctx context.Context, a *verifyArgs, v executor.Verdict
 	res, err := w.verifier.StartAttempt(ctx, &b, d, a.Attempt+1)
 	if err != nil {
 		return nil, err
+	}
+	// A stop that ran while we relaunched may have found no relaunch to delete.
+	if stopped, err := w.marks.Stopped(ctx, a.BuildID, a.Build.JobID); err != nil {
+		return nil, err
+	} else if stopped {
+		log.Info("build was stopped during the fallback; deleting its pods")
+		return nil, w.exec.Stop(ctx, a.BuildID)
 	}
 	if err := w.verifier.DeletePod(ctx, a.Pod); err != nil {
 		return nil, err

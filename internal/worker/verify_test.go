@@ -11,8 +11,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/testbed"
+	"github.com/sdkata/queue-worker/internal/weightage"
 )
 
 const kwokPrefix = "kwok.queue-worker.test/"
@@ -228,4 +230,41 @@ func TestVerify_CIAPIDownDelaysNotFails(t *testing.T) {
 	}
 	b.ci.Up()
 	b.ci.WaitFor(t, id, hasHostname, 60*time.Second)
+}
+
+// A fallback interrupted after its relaunch (the process died before its
+// follow-up was written) runs the Kata pod's verify again: it must carry on
+// with the relaunch, not report the build as failed or relaunch twice.
+func TestVerify_InterruptedFallbackResumesOnTheRelaunch(t *testing.T) {
+	b := startBedWith(t, map[string]string{"WEIGHT_K8S": "100"}, true)
+	const id = 7500
+	b.enqueueStart(t, id, "node:18", nil)
+	b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+	kata := b.waitPod(t, id)
+	// Do by hand what fallback did before the "crash": relaunch on hyperd,
+	// delete the Kata pod.
+	cfg := &build.Config{BuildID: id, JobID: id * 10, Container: "node:18", APIURI: b.apiURI, Token: "jwt-7500", Pipeline: &build.Pipeline{ID: 42}}
+	d := weightage.Decision{Runtime: weightage.Hyperd, Rule: weightage.RuleFallback, Bucket: -1}
+	if _, err := b.exec.StartAttempt(context.Background(), cfg, d, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.exec.DeletePod(context.Background(), kata.Name); err != nil {
+		t.Fatal(err)
+	}
+	// The verify job of the Kata pod comes back (recovered or retried).
+	args, _ := json.Marshal(map[string]any{"buildId": id, "pod": kata.Name, "runtime": "kata", "attempt": 0,
+		"since": time.Now().Add(-time.Minute).UnixMilli(), "reportedHost": true, "build": cfg})
+	b.push(t, `{"class":"verify","queue":"`+b.prefix+`builds","args":[`+string(args)+`]}`)
+	reqs := b.ci.WaitFor(t, id, func(r []testbed.CIRequest) bool { return len(r) >= 2 }, 30*time.Second)
+	if hasFailure(reqs) {
+		t.Fatalf("interrupted fallback reported FAILURE: %v", bodies(reqs))
+	}
+	time.Sleep(2 * time.Second)
+	pods := b.allPods(t, id)
+	if len(pods) != 1 || !strings.HasSuffix(pods[0].Name, "-r1") {
+		t.Fatalf("pods %d (want only the relaunch)", len(pods))
+	}
+	if hasFailure(b.ci.RequestsFor(id)) {
+		t.Fatal("FAILURE reported after resuming")
+	}
 }
