@@ -143,15 +143,24 @@ func (w *Worker) verify(ctx context.Context, payload json.RawMessage, log *zap.L
 	token := func() (string, error) { return w.verifier.Token(ctx, a.Pod) }
 	api := a.Build.APIURI
 
+	// The node is reported once, when the pod first has one.
+	reportHostOnce := func() error {
+		if a.ReportedHost {
+			return nil
+		}
+		if err := w.report(ctx, token, func(tok string) error {
+			return w.reporter.ReportScheduled(ctx, api, a.BuildID, tok, v.Node, time.Now())
+		}); err != nil {
+			return err
+		}
+		a.ReportedHost = true
+		return nil
+	}
+
 	switch v.State {
 	case executor.StateRunning, executor.StateSucceeded:
-		if !a.ReportedHost {
-			if err := w.report(ctx, token, func(tok string) error {
-				return w.reporter.ReportScheduled(ctx, api, a.BuildID, tok, v.Node, time.Now())
-			}); err != nil {
-				return nil, err
-			}
-			a.ReportedHost = true
+		if err := reportHostOnce(); err != nil {
+			return nil, err
 		}
 		// Kata's early deaths (exit 139 of rhel6 images) come right after
 		// start: keep watching a fresh pod until that window has passed.
@@ -162,19 +171,14 @@ func (w *Worker) verify(ctx context.Context, payload json.RawMessage, log *zap.L
 		log.Info("build pod is running", zap.String("node", v.Node))
 		return nil, nil
 	case executor.StatePendingPulling:
-		if !a.ReportedHost {
-			if err := w.report(ctx, token, func(tok string) error {
-				return w.reporter.ReportScheduled(ctx, api, a.BuildID, tok, v.Node, time.Now())
-			}); err != nil {
-				return nil, err
-			}
-			a.ReportedHost = true
+		if err := reportHostOnce(); err != nil {
+			return nil, err
 		}
 		return again, nil
 	case executor.StatePendingUnschedulable, executor.StatePending:
 		if !a.ReportedWait {
 			if err := w.report(ctx, token, func(tok string) error {
-				return w.reporter.ReportWaiting(ctx, api, a.BuildID, tok, "Waiting for resources to be available.")
+				return w.reporter.ReportWaiting(ctx, api, a.BuildID, tok, ciapi.MsgWaiting)
 			}); err != nil {
 				return nil, err
 			}
@@ -237,12 +241,8 @@ func (w *Worker) fallback(ctx context.Context, a *verifyArgs, v executor.Verdict
 	if err != nil {
 		return nil, err
 	}
-	// A stop that ran while we relaunched may have found no relaunch to delete.
-	if stopped, err := w.marks.Stopped(ctx, a.BuildID, a.Build.JobID); err != nil {
+	if stopped, err := w.undoIfStopped(ctx, a.BuildID, a.Build.JobID, log); stopped || err != nil {
 		return nil, err
-	} else if stopped {
-		log.Info("build was stopped during the fallback; deleting its pods")
-		return nil, w.exec.Stop(ctx, a.BuildID)
 	}
 	if err := w.verifier.DeletePod(ctx, a.Pod); err != nil {
 		return nil, err

@@ -58,11 +58,6 @@ func hasHostname(reqs []testbed.CIRequest) bool {
 	return false
 }
 
-// allPods lists every pod of a build, including a fallback relaunch.
-func (b *bed) allPods(t *testing.T, id int64) []corev1.Pod {
-	return b.pods(t, id)
-}
-
 // TestVerify_FailureMatrix: each scenario produces exactly the expected CI
 // calls and pods; fallback relaunches once, only for runtime failures.
 func TestVerify_FailureMatrix(t *testing.T) {
@@ -97,7 +92,7 @@ func TestVerify_FailureMatrix(t *testing.T) {
 			b.enqueueStart(t, id, "registry.example/app:"+strings.ToLower(tt.name), nil)
 			t.Cleanup(func() {
 				var pods []string
-				for _, p := range b.allPods(t, id) {
+				for _, p := range b.pods(t, id) {
 					pods = append(pods, p.Name+"("+p.Labels[executor.LabelRuntime]+","+string(p.Status.Phase)+")")
 				}
 				t.Logf("matrix: %s → CI calls %v; pods %v", tt.name, bodies(b.ci.RequestsFor(id)), pods)
@@ -120,13 +115,13 @@ func TestVerify_FailureMatrix(t *testing.T) {
 				if n != 1 || !strings.Contains(msg, tt.failure) {
 					t.Fatalf("FAILURE calls %d, message %q, want one containing %q; calls %v", n, msg, tt.failure, bodies(reqs))
 				}
-				if pods := b.allPods(t, id); len(pods) != 1 || pods[0].Labels[executor.LabelRuntime] != "kata" {
+				if pods := b.pods(t, id); len(pods) != 1 || pods[0].Labels[executor.LabelRuntime] != "kata" {
 					t.Fatalf("pods after a non-runtime failure: %d (no fallback expected)", len(pods))
 				}
 			case tt.fallback:
 				var hyperd *corev1.Pod
 				testbed.Eventually(t, 30*time.Second, "fallback pod running on hyperd", func() bool {
-					for _, p := range b.allPods(t, id) {
+					for _, p := range b.pods(t, id) {
 						if p.Labels[executor.LabelRuntime] == "hyperd" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
 							hyperd = &p
 							return true
@@ -141,7 +136,7 @@ func TestVerify_FailureMatrix(t *testing.T) {
 				if hasFailure(reqs) {
 					t.Fatalf("a fallen-back build must not be reported FAILURE: %v", bodies(reqs))
 				}
-				testbed.Eventually(t, 15*time.Second, "kata pod deleted", func() bool { return len(b.allPods(t, id)) == 1 })
+				testbed.Eventually(t, 15*time.Second, "kata pod deleted", func() bool { return len(b.pods(t, id)) == 1 })
 				// The learned exclusion sends the next build of that image to hyperd.
 				next := id + 100
 				b.enqueueStart(t, next, "registry.example/app:"+strings.ToLower(tt.name), nil)
@@ -151,7 +146,7 @@ func TestVerify_FailureMatrix(t *testing.T) {
 				}
 				// Exactly one relaunch: the build keeps a single pod, its relaunch.
 				time.Sleep(2 * time.Second)
-				if n := len(b.allPods(t, id)); n != 1 {
+				if n := len(b.pods(t, id)); n != 1 {
 					t.Fatalf("build %d has %d pods, want the single relaunch", id, n)
 				}
 			default:
@@ -185,7 +180,7 @@ func TestVerify_SandboxEventFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	testbed.Eventually(t, 30*time.Second, "fallback pod on hyperd", func() bool {
-		for _, p := range b.allPods(t, id) {
+		for _, p := range b.pods(t, id) {
 			if p.Labels[executor.LabelRuntime] == "hyperd" && p.Annotations[executor.AnnotationRule] == "fallback" {
 				return true
 			}
@@ -206,7 +201,7 @@ func TestVerify_RedeliveredStartKeepsOnePod(t *testing.T) {
 	b.enqueueStart(t, id, "node:18", nil)
 	b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
 	time.Sleep(2 * time.Second)
-	pods := b.allPods(t, id)
+	pods := b.pods(t, id)
 	if len(pods) != 1 {
 		t.Fatalf("%d pods for a redelivered start", len(pods))
 	}
@@ -260,7 +255,7 @@ func TestVerify_InterruptedFallbackResumesOnTheRelaunch(t *testing.T) {
 		t.Fatalf("interrupted fallback reported FAILURE: %v", bodies(reqs))
 	}
 	time.Sleep(2 * time.Second)
-	pods := b.allPods(t, id)
+	pods := b.pods(t, id)
 	if len(pods) != 1 || !strings.HasSuffix(pods[0].Name, "-r1") {
 		t.Fatalf("pods %d (want only the relaunch)", len(pods))
 	}

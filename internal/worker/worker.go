@@ -228,7 +228,7 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) (*fol
 		log.Info("virtual job: nothing to launch")
 		return nil, nil
 	}
-	in := RoutingInput(b)
+	in := routing.Input(b)
 	if w.learned != nil {
 		if in.LearnedExcluded, err = w.learned.Excluded(ctx, b.Container); err != nil {
 			return nil, err
@@ -256,11 +256,8 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) (*fol
 		}
 		// A stop handled while we were creating may have found no pod to
 		// delete: look again now that the pod exists.
-		if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+		if stopped, err := w.undoIfStopped(ctx, b.BuildID, b.JobID, log); stopped || err != nil {
 			return nil, err
-		} else if stopped {
-			log.Info("build was stopped while its pod was being created; deleting it")
-			return nil, w.exec.Stop(ctx, b.BuildID)
 		}
 	}
 	log.Info("build started",
@@ -302,9 +299,17 @@ func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) error 
 	return nil
 }
 
-// RoutingInput extracts what routing looks at from a build config.
-// It is routing.Input, shared with explain and /debug/route.
-func RoutingInput(b *build.Config) weightage.Build { return routing.Input(b) }
+// undoIfStopped deletes a build's pods if the build was stopped meanwhile:
+// a stop handled while we were creating a pod may have found none to
+// delete, so look again once the pod exists.
+func (w *Worker) undoIfStopped(ctx context.Context, buildID, jobID int64, log *zap.Logger) (bool, error) {
+	stopped, err := w.marks.Stopped(ctx, buildID, jobID)
+	if err != nil || !stopped {
+		return false, err
+	}
+	log.Info("build was stopped while its pod was being created; deleting its pods")
+	return true, w.exec.Stop(ctx, buildID)
+}
 
 // classLabel keeps the class metric label bounded.
 func classLabel(c string) string {
