@@ -30,6 +30,7 @@ import (
 	"github.com/sdkata/queue-worker/internal/logging"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
+	"github.com/sdkata/queue-worker/internal/supervisor"
 	"github.com/sdkata/queue-worker/internal/weightage"
 	"github.com/sdkata/queue-worker/internal/worker"
 )
@@ -68,7 +69,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	}
 	ns := cfg.Executor.K8s.Options.Kubernetes.JobsNamespace
 
-	exec := executor.New(kube, executor.Options{
+	exec := executor.New(executor.Deps{Client: kube, Metrics: executor.NewMetrics(reg)}, executor.Options{
 		Namespace:     ns,
 		Prefix:        cfg.Executor.K8s.Options.Prefix,
 		LaunchImage:   cfg.Executor.K8s.Options.LaunchImage,
@@ -77,7 +78,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		Kata:          cfg.Executor.K8s.Options.Kubernetes,
 		Hyperd:        cfg.Executor.K8sVM.Options.Kubernetes,
 		Ecosystem:     cfg.Ecosystem,
-	}, cfg.Kubernetes.RequestTimeout, executor.NewMetrics(reg))
+		Timeout:       cfg.Kubernetes.RequestTimeout,
+	})
 
 	keys := queue.NewKeys(cfg.ResqueNamespace())
 	queues := make([]string, len(cfg.Queue.Queues))
@@ -87,30 +89,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	// A stop mark outlives any start of the same build still in the queue or
 	// in its retries.
 	const stopMarkTTL = 24 * time.Hour
-	w := worker.New(exec,
-		queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout),
-		holder,
-		queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout),
-		log.Named("worker"), worker.NewMetrics(reg))
-
-	// The watch cache serves verify and the routing budgets without polling.
-	watcher := executor.NewWatcher(kube, ns)
-	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
-	defer func() { stopWatch(); watcher.Shutdown() }()
-	if err := watcher.Start(watchCtx, cfg.Kubernetes.RequestTimeout*3); err != nil {
-		return err
-	}
-	patterns := make([]*regexp.Regexp, len(cfg.Verify.RuntimePatterns))
-	for i, p := range cfg.Verify.RuntimePatterns {
-		patterns[i] = regexp.MustCompile(p) // validated at load
-	}
-	exec.Watch(watcher, executor.AssessOptions{
-		PendingTimeout:  cfg.Verify.PendingTimeout,
-		ImagePullGrace:  cfg.Verify.ImagePullGrace,
-		Exit139Window:   cfg.Verify.Exit139Window,
-		RuntimePatterns: patterns,
-	})
-	w.SetInFlightCounter(watchCounter{watcher})
+	marks := queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout)
+	configs := queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout)
+	learned := exclusion.NewStore(rdb, keys.Namespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
 	retry := cfg.Executor.K8s.Options.RequestRetry
 	ci := ciapi.New(ciapi.Options{
 		Timeout:        time.Duration(cfg.Executor.K8s.Options.Fusebox.Breaker.Timeout) * time.Millisecond,
@@ -118,16 +99,53 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		RetryDelay:     time.Duration(retry.RetryDelay) * time.Millisecond,
 		BreakerMetrics: breakerMetrics,
 	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
-	learned := exclusion.NewStore(rdb, keys.Namespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
-	w.SetVerify(exec, ci, learned,
-		worker.VerifyOptions{Interval: cfg.Verify.Interval, MissingGrace: 30 * time.Second,
-			Fallback: cfg.Verify.Fallback.Enabled, EarlyExitWindow: cfg.Verify.Exit139Window})
 
-	qlog := log.Named("queue")
-	consumer, err := queue.NewConsumer(rdb, keys, queue.Options{
+	// The pod cache: every replica counts the budgets from it; the elected
+	// supervisor syncs builds from it.
+	supMetrics := supervisor.NewMetrics(reg)
+	pods := supervisor.NewCache(kube, ns, supMetrics)
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() { stopWatch(); pods.Shutdown() }()
+	if err := pods.Start(watchCtx, cfg.Kubernetes.RequestTimeout*3); err != nil {
+		return err
+	}
+	patterns := make([]*regexp.Regexp, len(cfg.Verify.RuntimePatterns))
+	for i, p := range cfg.Verify.RuntimePatterns {
+		patterns[i] = regexp.MustCompile(p) // validated at load
+	}
+	identity := workerName()
+	supOpts := supervisor.Options{
+		Namespace: ns,
+		Workers:   cfg.Supervisor.Workers,
+		Assess: supervisor.AssessOptions{
+			PendingTimeout:  cfg.Verify.PendingTimeout,
+			ImagePullGrace:  cfg.Verify.ImagePullGrace,
+			Exit139Window:   cfg.Verify.Exit139Window,
+			RuntimePatterns: patterns,
+		},
+		Fallback:       cfg.Verify.Fallback.Enabled,
+		DefaultAPIURI:  cfg.Ecosystem.API,
+		RequestTimeout: cfg.Kubernetes.RequestTimeout,
+	}
+	if le := cfg.Supervisor.LeaderElection; le.Enabled {
+		supOpts.Leader = &supervisor.LeaderOptions{LeaseName: le.LeaseName, Identity: identity,
+			LeaseDuration: le.LeaseDuration, RenewDeadline: le.RenewDeadline, RetryPeriod: le.RetryPeriod}
+	}
+	sup := supervisor.New(supervisor.Deps{
+		Client: kube, Cache: pods, Pods: exec, Reporter: ci, Learner: learned, Marks: marks, Configs: configs,
+		Rules: holder, Log: log.Named("supervisor"), Metrics: supMetrics,
+	}, supOpts)
+
+	decider := routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: learned, InFlight: pods})
+	w := worker.New(worker.Deps{
+		Executor: exec, Configs: configs, Router: decider, Marks: marks, Reporter: ci, Supervisor: sup,
+		Log: log.Named("worker"), Metrics: worker.NewMetrics(reg),
+	}, worker.Options{Prefix: cfg.Executor.K8s.Options.Prefix})
+
+	consumer, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: log.Named("queue"), Metrics: queue.NewMetrics(reg)}, queue.Options{
 		Queues:            queues,
 		Concurrency:       cfg.Worker.Concurrency,
-		WorkerName:        workerName(),
+		WorkerName:        identity,
 		BlockTimeout:      cfg.Queue.BlockTimeout,
 		OperationTimeout:  cfg.Queue.OperationTimeout,
 		DrainTimeout:      cfg.Worker.ShutdownGracePeriod,
@@ -140,16 +158,15 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			Factor:     cfg.Queue.Retry.Factor,
 			MaxDelay:   cfg.Queue.Retry.MaxDelay,
 		},
-		// A start that will never run is reported FAILURE to the CI API.
-		OnDeadLetter: w.DeadLettered,
-	}, qlog, queue.NewMetrics(reg))
+		Classes: worker.Classes,
+	})
 	if err != nil {
 		return err
 	}
 	reg.MustRegister(queue.NewDepthCollector(rdb, keys, queues, cfg.Queue.OperationTimeout))
 
 	srv := httpserver.New(reg, log.Named("http"))
-	srv.Handle("/debug/route", routing.Handler(holder, learned))
+	srv.Handle("/debug/route", routing.Handler(decider))
 	srv.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	srv.AddCheck("kubernetes", func(ctx context.Context) error {
 		// A namespaced list also proves the RBAC the worker needs.
@@ -173,6 +190,10 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
+	// The supervisor stops with the consumer's take loop (SIGTERM): it
+	// releases its Lease at once so another replica takes over.
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(runCtx) }()
 	httpDone := make(chan struct{})
 	go func() {
 		defer close(httpDone)
@@ -184,6 +205,10 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		}
 	}()
 	runErr := consumer.Run(runCtx, w)
+	cancelRun()
+	if err := <-supDone; err != nil && runErr == nil {
+		runErr = err
+	}
 	// Health and metrics stay up through the drain; stop them, and wait,
 	// before the deferred closes of Redis and the watch cache.
 	stopHTTP()
@@ -215,16 +240,6 @@ func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptio
 		return fmt.Errorf("watching the config file for routing changes: %w", err)
 	}
 	return nil
-}
-
-// podCounter counts build pods in flight per runtime for the routing
-// budgets, with one filtered List per check: simple and always current, but
-// watchCounter counts pods in flight per runtime from the watch cache.
-type watchCounter struct{ w *executor.Watcher }
-
-// InFlight implements worker.InFlightCounter.
-func (c watchCounter) InFlight(_ context.Context, rt weightage.Runtime) (int, error) {
-	return c.w.InFlight(string(rt))
 }
 
 func workerName() string {

@@ -97,15 +97,16 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 		next = once(b)
 	}
 
+	deps := routing.DeciderDeps{Rules: weightage.NewHolder(rules)}
 	if *simulate > 0 {
-		return printSimulation(stdout, *output, rules, next, *simulate)
+		return printSimulation(stdout, *output, routing.NewDecider(deps), rules, next, *simulate)
 	}
-	var learned routing.Learned
 	if *checkLearned {
 		rdb := newRedis(cfg)
 		defer func() { _ = rdb.Close() }()
-		learned = exclusion.NewStore(rdb, cfg.ResqueNamespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
+		deps.Learned = exclusion.NewStore(rdb, cfg.ResqueNamespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
 	}
+	decider := routing.NewDecider(deps)
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false) // reasons hold "<"; keep them readable
 	bad := 0
@@ -119,16 +120,13 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 			bad++
 			continue
 		}
-		in := routing.Input(b)
-		if learned != nil && in.Image != "" {
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.OperationTimeout)
-			in.LearnedExcluded, err = learned.Excluded(ctx, in.Image)
-			cancel()
-			if err != nil {
-				return err
-			}
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.OperationTimeout)
+		d, err := decider.Decide(ctx, b)
+		cancel()
+		if err != nil {
+			return err
 		}
-		e := routing.Explain(in, rules)
+		e := d.Explanation
 		if *output == "json" {
 			if err := enc.Encode(e); err != nil {
 				return fmt.Errorf("writing the explanation: %w", err)
@@ -198,7 +196,7 @@ type simulation struct {
 	ConfiguredKata *float64       `json:"configuredKataPercent,omitempty"`
 }
 
-func printSimulation(w io.Writer, output string, rules *weightage.Rules, next func() (*build.Config, error), n int) error {
+func printSimulation(w io.Writer, output string, decider *routing.Decider, rules *weightage.Rules, next func() (*build.Config, error), n int) error {
 	s := simulation{RulesVersion: rules.Version, Runtimes: map[string]int{}, ByRule: map[string]int{}}
 	if rules.Weighted {
 		p := rules.KataPercent()
@@ -212,7 +210,10 @@ func printSimulation(w io.Writer, output string, rules *weightage.Rules, next fu
 		if err != nil {
 			return fmt.Errorf("simulating: %w", err)
 		}
-		d := weightage.Route(routing.Input(b), rules)
+		d, err := decider.Decide(context.Background(), b)
+		if err != nil {
+			return fmt.Errorf("simulating: %w", err)
+		}
 		s.Builds++
 		s.Runtimes[string(d.Runtime)]++
 		s.ByRule[string(d.Runtime)+"/"+string(d.Rule)]++

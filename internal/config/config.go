@@ -16,6 +16,7 @@ type Config struct {
 	Routing    Routing    `yaml:"routing" mapstructure:"routing"`
 	Kubernetes Kubernetes `yaml:"kubernetes" mapstructure:"kubernetes"`
 	Verify     Verify     `yaml:"verify" mapstructure:"verify"`
+	Supervisor Supervisor `yaml:"supervisor" mapstructure:"supervisor"`
 	HTTPD      HTTPD      `yaml:"httpd" mapstructure:"httpd"`
 	Log        Log        `yaml:"log" mapstructure:"log"`
 
@@ -332,10 +333,12 @@ type Log struct {
 	Format string `yaml:"format" mapstructure:"format"`
 }
 
-// Verify configures the follow-up of every start: watching the pod until it
-// runs or fails, reporting to the CI API, and the Kata→hyperd fallback.
+// Verify configures how a build pod is judged after its start: when it has
+// failed, whose failure it is, and the Kata→hyperd fallback.
 type Verify struct {
-	// Interval between checks of a pod that is not running yet.
+	// Interval was the period of the verify jobs of older versions. Pods
+	// are watched now; the key is accepted, and ignored, so existing
+	// overlays keep loading.
 	Interval time.Duration `yaml:"interval" mapstructure:"interval"`
 	// PendingTimeout fails a pod still pending this long after its creation.
 	PendingTimeout time.Duration `yaml:"pendingTimeout" mapstructure:"pendingTimeout"`
@@ -355,4 +358,24 @@ type Fallback struct {
 	Enabled bool `yaml:"enabled" mapstructure:"enabled"`
 	// LearnedExclusionTTL is how long a failed image goes straight to hyperd.
 	LearnedExclusionTTL time.Duration `yaml:"learnedExclusionTTL" mapstructure:"learnedExclusionTTL"`
+}
+
+// Supervisor configures the pod supervisor: the controller that watches
+// build pods and reports to the CI API, run by one elected replica.
+type Supervisor struct {
+	// Workers is the number of builds synced at once, which also bounds the
+	// CI API calls in flight.
+	Workers        int            `yaml:"workers" mapstructure:"workers"`
+	LeaderElection LeaderElection `yaml:"leaderElection" mapstructure:"leaderElection"`
+}
+
+// LeaderElection is the supervisor's client-go leader election on a
+// coordination.k8s.io Lease in the jobs namespace.
+type LeaderElection struct {
+	// Enabled: without it every replica supervises (run one replica only).
+	Enabled       bool          `yaml:"enabled" mapstructure:"enabled"`
+	LeaseName     string        `yaml:"leaseName" mapstructure:"leaseName"`
+	LeaseDuration time.Duration `yaml:"leaseDuration" mapstructure:"leaseDuration"`
+	RenewDeadline time.Duration `yaml:"renewDeadline" mapstructure:"renewDeadline"`
+	RetryPeriod   time.Duration `yaml:"retryPeriod" mapstructure:"retryPeriod"`
 }

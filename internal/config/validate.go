@@ -93,6 +93,7 @@ func (c *Config) Validate() error {
 	v.queue()
 	v.routing()
 	v.verify()
+	v.supervisor()
 	v.process()
 	return v.errs.err()
 }
@@ -459,7 +460,9 @@ func (v *validator) queue() {
 
 func (v *validator) verify() {
 	r := v.c.Verify
-	v.positiveDuration("verify.interval", r.Interval)
+	if r.Interval < 0 {
+		v.fail("verify.interval", "must not be negative, got %s", r.Interval)
+	}
 	v.positiveDuration("verify.pendingTimeout", r.PendingTimeout)
 	if r.ImagePullGrace < 0 {
 		v.fail("verify.imagePullGrace", "must not be negative, got %s", r.ImagePullGrace)
@@ -474,6 +477,28 @@ func (v *validator) verify() {
 		}
 	}
 	v.positiveDuration("verify.fallback.learnedExclusionTTL", r.Fallback.LearnedExclusionTTL)
+}
+
+func (v *validator) supervisor() {
+	s := v.c.Supervisor
+	v.intRange("supervisor.workers", s.Workers, 1, 256)
+	le := s.LeaderElection
+	if !le.Enabled {
+		return
+	}
+	if errs := validation.IsDNS1123Subdomain(le.LeaseName); len(errs) > 0 {
+		v.fail("supervisor.leaderElection.leaseName", "%q is not a valid Lease name: %s", le.LeaseName, strings.Join(errs, "; "))
+	}
+	v.positiveDuration("supervisor.leaderElection.leaseDuration", le.LeaseDuration)
+	v.positiveDuration("supervisor.leaderElection.renewDeadline", le.RenewDeadline)
+	v.positiveDuration("supervisor.leaderElection.retryPeriod", le.RetryPeriod)
+	// client-go's own rules, checked here so the key is named at load.
+	if le.RenewDeadline > 0 && le.LeaseDuration <= le.RenewDeadline {
+		v.fail("supervisor.leaderElection.leaseDuration", "must be longer than renewDeadline (%s), got %s", le.RenewDeadline, le.LeaseDuration)
+	}
+	if le.RetryPeriod > 0 && float64(le.RenewDeadline) <= 1.2*float64(le.RetryPeriod) {
+		v.fail("supervisor.leaderElection.renewDeadline", "must be longer than 1.2 × retryPeriod (%s), got %s", le.RetryPeriod, le.RenewDeadline)
+	}
 }
 
 func (v *validator) routing() {

@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -10,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sdkata/queue-worker/internal/build"
@@ -21,24 +21,33 @@ import (
 type Executor struct {
 	client  kubernetes.Interface
 	opts    Options
-	timeout time.Duration
 	metrics *Metrics
 	now     func() time.Time
-	watcher *Watcher
-	assess  AssessOptions
 }
 
-// New returns an executor. timeout bounds each API call; metrics may be nil.
-func New(client kubernetes.Interface, opts Options, timeout time.Duration, metrics *Metrics) *Executor {
-	if metrics == nil {
-		metrics = NewMetrics(nil)
+// Deps are what an Executor works with.
+type Deps struct {
+	Client kubernetes.Interface
+	// Metrics may be nil (collectors not registered anywhere).
+	Metrics *Metrics
+}
+
+// New returns an executor.
+func New(deps Deps, opts Options) *Executor {
+	m := deps.Metrics
+	if m == nil {
+		m = NewMetrics(nil)
 	}
-	return &Executor{client: client, opts: opts, timeout: timeout, metrics: metrics, now: time.Now}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	return &Executor{client: deps.Client, opts: opts, metrics: m, now: time.Now}
 }
 
 // StartResult says what Start found or made.
 type StartResult struct {
-	Pod *corev1.Pod
+	// Pod is the build's pod name.
+	Pod string
 	// Created is false when the build's pod already existed (a redelivered
 	// or raced start): the existing pod, and its runtime, stand.
 	Created bool
@@ -46,13 +55,16 @@ type StartResult struct {
 	Runtime weightage.Runtime
 }
 
-// Start makes sure the build's pod exists. It is idempotent: the pod name is
-// deterministic and AlreadyExists is success.
+// Start makes sure the build's pod and its token Secret exist. It is
+// idempotent: the pod name is deterministic and AlreadyExists is success.
 //
-// Order: token Secret, then pod, then the Secret's ownerReference to the
-// pod, so that garbage collection removes the Secret with the pod. A crash
-// between the steps leaves at most a labelled Secret that the next start
-// adopts or the build's stop deletes.
+// Pod first, then the Secret, created with an ownerReference to the pod, so
+// garbage collection removes the Secret with the pod and a Secret whose pod
+// is gone (a stop raced the start) is collected too: two calls, no orphans.
+// The pod reads the Secret only when its build container starts, after
+// scheduling, sandbox and the launcher init container; a start that dies
+// between the two calls is redelivered and creates the Secret then (the
+// supervisor gives the kubelet's "secret not found" a grace meanwhile).
 func (e *Executor) Start(ctx context.Context, b *build.Config, d weightage.Decision) (*StartResult, error) {
 	return e.StartAttempt(ctx, b, d, 0)
 }
@@ -61,25 +73,21 @@ func (e *Executor) Start(ctx context.Context, b *build.Config, d weightage.Decis
 // (<name>-r<attempt>), itself deterministic, so a relaunch is idempotent too.
 func (e *Executor) StartAttempt(ctx context.Context, b *build.Config, d weightage.Decision, attempt int) (*StartResult, error) {
 	pod := PodSpec(&e.opts, b, d, attempt)
-	if err := e.ensureTokenSecret(ctx, pod, b.Token); err != nil {
-		return nil, err
-	}
 	start := e.now()
 	created, err := e.createPod(ctx, pod)
 	e.metrics.observeCreate(d.Runtime, e.now().Sub(start), created == nil, err)
 	if err != nil {
 		return nil, err
 	}
-	res := &StartResult{Pod: created, Created: true, Runtime: d.Runtime}
+	res := &StartResult{Pod: pod.Name, Created: true, Runtime: d.Runtime}
 	if created == nil {
-		existing, err := e.getPod(ctx, pod.Name)
-		if err != nil {
+		if created, err = e.getPod(ctx, pod.Name); err != nil {
 			return nil, err
 		}
-		res.Pod, res.Created = existing, false
-		res.Runtime = weightage.Runtime(existing.Labels[LabelRuntime])
+		res.Created = false
+		res.Runtime = weightage.Runtime(created.Labels[LabelRuntime])
 	}
-	if err := e.adoptTokenSecret(ctx, res.Pod); err != nil {
+	if err := e.ensureBuildSecret(ctx, created, b); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -87,7 +95,7 @@ func (e *Executor) StartAttempt(ctx context.Context, b *build.Config, d weightag
 
 // createPod returns (nil, nil) when the pod already exists.
 func (e *Executor) createPod(ctx context.Context, pod *corev1.Pod) (*corev1.Pod, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
 	created, err := e.client.CoreV1().Pods(e.opts.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
@@ -100,7 +108,7 @@ func (e *Executor) createPod(ctx context.Context, pod *corev1.Pod) (*corev1.Pod,
 }
 
 func (e *Executor) getPod(ctx context.Context, name string) (*corev1.Pod, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
 	p, err := e.client.CoreV1().Pods(e.opts.Namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
@@ -109,99 +117,60 @@ func (e *Executor) getPod(ctx context.Context, name string) (*corev1.Pod, error)
 	return p, nil
 }
 
-func (e *Executor) ensureTokenSecret(ctx context.Context, pod *corev1.Pod, token string) error {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+// ensureBuildSecret creates the pod's Secret: the build token (read by the
+// pod) and the build config without its token (read back by a fallback
+// relaunch, so builds enqueued inline can be relaunched too).
+func (e *Executor) ensureBuildSecret(ctx context.Context, pod *corev1.Pod, b *build.Config) error {
+	rec := *b
+	rec.Token = ""
+	cfg, err := json.Marshal(&rec)
+	if err != nil {
+		return fmt.Errorf("encoding the build record of build %d: %w", b.BuildID, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
 	s := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      TokenSecretName(pod.Name),
-			Namespace: e.opts.Namespace,
-			Labels:    map[string]string{LabelBuild: pod.Labels[LabelBuild], LabelManaged: managedBy},
+			Name:            TokenSecretName(pod.Name),
+			Namespace:       e.opts.Namespace,
+			Labels:          map[string]string{LabelBuild: pod.Labels[LabelBuild], LabelManaged: managedBy},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID}},
 		},
-		Type:       corev1.SecretTypeOpaque,
-		StringData: map[string]string{tokenSecretKey: token},
+		Type: corev1.SecretTypeOpaque,
+		Data: map[string][]byte{tokenSecretKey: []byte(b.Token), buildSecretKey: cfg},
 	}
-	_, err := e.client.CoreV1().Secrets(e.opts.Namespace).Create(ctx, s, metav1.CreateOptions{})
+	_, err = e.client.CoreV1().Secrets(e.opts.Namespace).Create(ctx, s, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating token secret %s/%s: %w", e.opts.Namespace, s.Name, err)
 	}
 	return nil
 }
 
-// adoptTokenSecret points the Secret's ownerReference at the pod (a no-op
-// when it already does).
-func (e *Executor) adoptTokenSecret(ctx context.Context, pod *corev1.Pod) error {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+// BuildRecord reads back what a pod's Secret holds: the build config with
+// its token, for CI API calls and a fallback relaunch of a build whose job
+// is long gone. A Secret from an older version holds only the token: the
+// config then has no fields but the token (Config.Container is empty).
+func (e *Executor) BuildRecord(ctx context.Context, podName string) (*build.Config, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
-	patch := fmt.Sprintf(`{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Pod","name":%q,"uid":%q}]}}`, pod.Name, pod.UID)
-	_, err := e.client.CoreV1().Secrets(e.opts.Namespace).Patch(ctx, TokenSecretName(pod.Name), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	s, err := e.client.CoreV1().Secrets(e.opts.Namespace).Get(ctx, TokenSecretName(podName), metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("linking token secret to pod %s/%s: %w", e.opts.Namespace, pod.Name, err)
+		return nil, fmt.Errorf("reading the build secret of pod %s/%s: %w", e.opts.Namespace, podName, err)
 	}
-	return nil
-}
-
-// Watch makes Verify read pods and events from w's watch cache.
-func (e *Executor) Watch(w *Watcher, o AssessOptions) {
-	e.watcher, e.assess = w, o
-}
-
-// Verify judges a build pod. It reads the watch cache, and the API server
-// only when the cache does not have the pod yet (right after its create).
-// Only a NotFound answer means the pod is missing: any other API error is
-// returned, so the caller retries instead of reporting a vanished build.
-func (e *Executor) Verify(ctx context.Context, podName string) (Verdict, *corev1.Pod, error) {
-	var pod *corev1.Pod
-	var events []*corev1.Event
-	if e.watcher != nil {
-		pod, events = e.watcher.Pod(podName), e.watcher.Events(podName)
-	}
-	if pod == nil {
-		getCtx, cancel := context.WithTimeout(ctx, e.timeout)
-		p, err := e.client.CoreV1().Pods(e.opts.Namespace).Get(getCtx, podName, metav1.GetOptions{})
-		cancel()
-		switch {
-		case err == nil:
-			pod = p
-		case !apierrors.IsNotFound(err):
-			return Verdict{}, nil, fmt.Errorf("reading pod %s/%s: %w", e.opts.Namespace, podName, err)
+	b := &build.Config{}
+	if raw := s.Data[buildSecretKey]; len(raw) > 0 {
+		if b, err = build.Decode(raw); err != nil {
+			return nil, fmt.Errorf("decoding the build record of pod %s/%s: %w", e.opts.Namespace, podName, err)
 		}
 	}
-	return Assess(pod, events, e.now(), e.assess), pod, nil
+	b.Token = string(s.Data[tokenSecretKey])
+	return b, nil
 }
 
-// PodName is the deterministic name of a build's pod for an attempt.
-func (e *Executor) PodName(buildID int64, attempt int) string {
-	return PodName(e.opts.Prefix, buildID, attempt)
-}
-
-// ObserveStart records how a pod start went: setup phases when it runs,
-// the failure class or Kata signature when it failed.
-func (e *Executor) ObserveStart(rt weightage.Runtime, v Verdict, pod *corev1.Pod) {
-	switch v.State {
-	case StateRunning, StateSucceeded:
-		e.metrics.Starts.WithLabelValues(string(rt), "running", "").Inc()
-		if pod != nil {
-			e.metrics.ObserveSetup(rt, pod)
-		}
-	case StateFailed:
-		reason := string(v.Class)
-		if v.Signature != SigNone {
-			reason = string(v.Signature)
-		}
-		e.metrics.Starts.WithLabelValues(string(rt), "failed", reason).Inc()
-	}
-}
-
-// ObserveFallback counts a Kata→hyperd relaunch.
-func (e *Executor) ObserveFallback(sig Signature) {
-	e.metrics.Fallbacks.WithLabelValues(string(sig)).Inc()
-}
-
-// DeletePod deletes one pod (its token Secret goes with it, by owner
-// reference). A pod already gone is not an error.
+// DeletePod deletes one pod (its Secret goes with it, by owner reference).
+// A pod already gone is not an error.
 func (e *Executor) DeletePod(ctx context.Context, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
 	err := e.client.CoreV1().Pods(e.opts.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -210,23 +179,11 @@ func (e *Executor) DeletePod(ctx context.Context, name string) error {
 	return nil
 }
 
-// Token reads the build token back from a pod's Secret, for CI API calls
-// about a build whose job carries no token.
-func (e *Executor) Token(ctx context.Context, podName string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	s, err := e.client.CoreV1().Secrets(e.opts.Namespace).Get(ctx, TokenSecretName(podName), metav1.GetOptions{})
-	if err != nil {
-		return "", fmt.Errorf("reading the token secret of pod %s/%s: %w", e.opts.Namespace, podName, err)
-	}
-	return string(s.Data[tokenSecretKey]), nil
-}
-
-// Stop deletes every pod and token Secret of a build, whatever runtime it
-// ran on, by the sdbuild label. Deleting a build with no pods succeeds.
+// Stop deletes every pod and Secret of a build, whatever runtime it ran on,
+// by the sdbuild label. Deleting a build with no pods succeeds.
 func (e *Executor) Stop(ctx context.Context, buildID int64) error {
 	sel := metav1.ListOptions{LabelSelector: LabelBuild + "=" + BuildLabel(e.opts.Prefix, buildID)}
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
 	var errs []error
 	if err := e.client.CoreV1().Pods(e.opts.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil {
@@ -258,12 +215,6 @@ type Metrics struct {
 	CreateSeconds *prometheus.HistogramVec
 	Creates       *prometheus.CounterVec
 	Stops         *prometheus.CounterVec
-	// SetupSeconds is pod setup per runtime and phase (see SetupPhases).
-	SetupSeconds *prometheus.HistogramVec
-	// Starts counts pod start outcomes: outcome running|failed, reason the
-	// failure class or Kata signature ("" when running).
-	Starts    *prometheus.CounterVec
-	Fallbacks *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -282,36 +233,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "queue_worker", Subsystem: "executor", Name: "stops_total",
 			Help: "Build stops (pod and secret deletion) by outcome.",
 		}, []string{"outcome"}),
-		SetupSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: "queue_worker", Name: "pod_setup_seconds",
-			Help:    "Build pod setup time by runtime and phase (scheduled, sandbox, initialized, running, total), from pod condition timestamps.",
-			Buckets: []float64{0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600},
-		}, []string{"runtime", "phase"}),
-		Starts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Name: "pod_start_total",
-			Help: "Build pod starts by runtime, outcome (running, failed) and reason (failure class or Kata signature).",
-		}, []string{"runtime", "outcome", "reason"}),
-		Fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Name: "kata_fallbacks_total",
-			Help: "Builds relaunched on hyperd after a Kata runtime failure, by signature.",
-		}, []string{"signature"}),
 	}
-	for _, rt := range []weightage.Runtime{weightage.Kata, weightage.Hyperd} {
+	for _, rt := range weightage.AllRuntimes {
 		for _, o := range []string{"created", "exists", "error"} {
 			m.Creates.WithLabelValues(string(rt), o)
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.CreateSeconds, m.Creates, m.Stops, m.SetupSeconds, m.Starts, m.Fallbacks)
+		reg.MustRegister(m.CreateSeconds, m.Creates, m.Stops)
 	}
 	return m
-}
-
-// ObserveSetup records a started pod's setup phases.
-func (m *Metrics) ObserveSetup(rt weightage.Runtime, pod *corev1.Pod) {
-	for phase, d := range SetupPhases(pod) {
-		m.SetupSeconds.WithLabelValues(string(rt), phase).Observe(d.Seconds())
-	}
 }
 
 func (m *Metrics) observeCreate(rt weightage.Runtime, took time.Duration, existed bool, err error) {

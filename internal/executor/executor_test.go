@@ -32,6 +32,7 @@ func testOptions(t *testing.T, ns string) executor.Options {
 	return executor.Options{
 		Namespace: ns, Prefix: "beta_", LaunchImage: o.LaunchImage, LaunchVersion: o.LaunchVersion,
 		SDHabEnabled: o.SDHabEnabled, Kata: o.Kubernetes, Hyperd: cfg.Executor.K8sVM.Options.Kubernetes, Ecosystem: cfg.Ecosystem,
+		Timeout: 10 * time.Second,
 	}
 }
 
@@ -51,7 +52,7 @@ var (
 
 func newExecutor(t *testing.T) (*executor.Executor, kubernetes.Interface, string) {
 	cs, ns := testbed.Kube(t)
-	return executor.New(cs, testOptions(t, ns), 10*time.Second, nil), cs, ns
+	return executor.New(executor.Deps{Client: cs}, testOptions(t, ns)), cs, ns
 }
 
 func listPods(t *testing.T, cs kubernetes.Interface, ns string, buildID int64) []corev1.Pod {
@@ -79,7 +80,10 @@ func TestExecutor_StartCreatesPodAcceptedByAPIServer(t *testing.T) {
 			if !res.Created || res.Runtime != tc.d.Runtime {
 				t.Fatalf("result %+v", res)
 			}
-			p := res.Pod
+			p, err := cs.CoreV1().Pods(ns).Get(ctx, res.Pod, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			if p.Labels["sdbuild"] != "beta_"+itoa(tc.id) || p.Labels[executor.LabelRuntime] != string(tc.d.Runtime) {
 				t.Fatalf("labels %v", p.Labels)
 			}
@@ -103,12 +107,25 @@ func TestExecutor_StartCreatesPodAcceptedByAPIServer(t *testing.T) {
 			if len(sec.OwnerReferences) != 1 || sec.OwnerReferences[0].UID != p.UID {
 				t.Fatalf("token secret owner %v, want pod %s", sec.OwnerReferences, p.UID)
 			}
+			// The build record reads back the config, token included,
+			// for a relaunch of a build whose job is gone.
+			rec, err := e.BuildRecord(ctx, p.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := testBuild(tc.id)
+			if rec.Token != secretToken || rec.BuildID != tc.id || rec.Container != want.Container || rec.Pipeline.ID != 42 {
+				t.Fatalf("build record %+v", rec)
+			}
+			if strings.Contains(string(sec.Data["build.json"]), secretToken) {
+				t.Fatal("the build record repeats the token")
+			}
 		})
 	}
 }
 
 func TestExecutor_TokenNeverInPodSpec(t *testing.T) {
-	e, _, _ := newExecutor(t)
+	e, cs, ns := newExecutor(t)
 	for _, d := range []weightage.Decision{kataDecision, hyperdDecision} {
 		id := int64(200)
 		if d.Runtime == weightage.Hyperd {
@@ -118,7 +135,11 @@ func TestExecutor_TokenNeverInPodSpec(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		raw, _ := json.Marshal(res.Pod)
+		p, err := cs.CoreV1().Pods(ns).Get(context.Background(), res.Pod, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := json.Marshal(p)
 		if strings.Contains(string(raw), secretToken) || strings.Contains(string(raw), "test-build-token") {
 			t.Fatalf("%s pod spec contains the build token", d.Runtime)
 		}
@@ -154,7 +175,7 @@ func TestExecutor_RacingStartsCreateOnePod(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e := executor.New(cs, opts, 10*time.Second, nil) // one executor per "replica"
+			e := executor.New(executor.Deps{Client: cs}, opts) // one executor per "replica"
 			d := kataDecision
 			if i%2 == 1 {
 				d = hyperdDecision
@@ -212,10 +233,28 @@ func TestExecutor_MissingRuntimeClassIsPermanent(t *testing.T) {
 	cs, ns := testbed.Kube(t)
 	opts := testOptions(t, ns)
 	opts.Kata.RuntimeClass = "kata-missing-" + testbed.Suffix()
-	_, err := executor.New(cs, opts, 10*time.Second, nil).Start(context.Background(), testBuild(600), kataDecision)
+	_, err := executor.New(executor.Deps{Client: cs}, opts).Start(context.Background(), testBuild(600), kataDecision)
 	if err == nil || !executor.Permanent(err) {
 		t.Fatalf("err = %v, want a permanent admission rejection", err)
 	}
 }
 
 func itoa(i int64) string { b, _ := json.Marshal(i); return string(b) }
+
+// A Secret whose pod was deleted before the Secret was created (a stop raced
+// the start) is collected by the garbage collector: it names a dead owner.
+func TestExecutor_SecretOfAVanishedPodIsCollected(t *testing.T) {
+	e, cs, ns := newExecutor(t)
+	ctx := context.Background()
+	res, err := e.Start(ctx, testBuild(700), kataDecision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeletePod(ctx, res.Pod); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 30*time.Second, "secret collected with its pod", func() bool {
+		l, err := cs.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: "sdbuild=beta_700"})
+		return err == nil && len(l.Items) == 0
+	})
+}

@@ -73,3 +73,23 @@ func PodName(prefix string, buildID int64, attempt int) string {
 
 // TokenSecretName is the per-build Secret holding the build token.
 func TokenSecretName(podName string) string { return podName + "-token" }
+
+// ParsePodName reads the build id and attempt back from a PodName.
+func ParsePodName(name string) (buildID int64, attempt int, ok bool) {
+	i := strings.LastIndex(name, "sdbuild-")
+	if i < 0 {
+		return 0, 0, false
+	}
+	rest := name[i+len("sdbuild-"):]
+	id, r, relaunch := strings.Cut(rest, "-r")
+	buildID, err := strconv.ParseInt(id, 10, 64)
+	if err != nil || buildID <= 0 {
+		return 0, 0, false
+	}
+	if relaunch {
+		if attempt, err = strconv.Atoi(r); err != nil || attempt < 1 {
+			return 0, 0, false
+		}
+	}
+	return buildID, attempt, true
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,11 +29,16 @@ type Options struct {
 	Kata          config.KataKubernetes
 	Hyperd        config.VMKubernetes
 	Ecosystem     config.Ecosystem
+	// Timeout bounds each API call (default 10s).
+	Timeout time.Duration
 }
 
 const (
 	tokenEnv       = "SD_TOKEN"
 	tokenSecretKey = "token"
+	// buildSecretKey holds the build config (without its token) in the
+	// pod's Secret.
+	buildSecretKey = "build.json"
 	// deadlineSlack is added to the build timeout for activeDeadlineSeconds:
 	// the launcher enforces the timeout itself; the deadline is only a safety
 	// net for a launcher that never reports.

@@ -70,6 +70,24 @@ func TestNames(t *testing.T) {
 	}
 }
 
+func TestParsePodName_RoundTrips(t *testing.T) {
+	for _, tc := range []struct {
+		prefix  string
+		id      int64
+		attempt int
+	}{{"", 12345, 0}, {"beta_", 7, 1}, {"x-r9", 42, 0}, {"sdbuild-1", 3, 2}} {
+		id, attempt, ok := ParsePodName(PodName(tc.prefix, tc.id, tc.attempt))
+		if !ok || id != tc.id || attempt != tc.attempt {
+			t.Errorf("ParsePodName(PodName(%q, %d, %d)) = %d, %d, %v", tc.prefix, tc.id, tc.attempt, id, attempt, ok)
+		}
+	}
+	for _, name := range []string{"sdbuild-", "sdbuild-x", "other-pod", "sdbuild-5-rx"} {
+		if _, _, ok := ParsePodName(name); ok {
+			t.Errorf("ParsePodName(%q) accepted a name PodName never makes", name)
+		}
+	}
+}
+
 func TestScheduling_SelectorsBecomeTolerationsAndAffinity(t *testing.T) {
 	tols, na := scheduling(map[string]string{"dedicated": "screwdriver-kata", "Zone": "A"}, map[string]string{"disk": "ssd"})
 	if len(tols) != 2 || tols[0].Key != "Zone" || tols[1].Key != "dedicated" {

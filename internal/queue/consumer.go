@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -16,18 +15,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// Handler works one delivery and must settle it (Ack, Fail, Retry,
-// RetryLater or Requeue). A delivery left unsettled goes back to the head of
-// its queue.
+// Handler works one job and says how it went; the consumer settles it
+// (see Outcome). A panic in Handle fails that job, not the process.
 type Handler interface {
-	Handle(ctx context.Context, d *Delivery)
+	Handle(ctx context.Context, job *Job) Outcome
 }
 
 // HandlerFunc adapts a function to Handler.
-type HandlerFunc func(ctx context.Context, d *Delivery)
+type HandlerFunc func(ctx context.Context, job *Job) Outcome
 
 // Handle calls f.
-func (f HandlerFunc) Handle(ctx context.Context, d *Delivery) { f(ctx, d) }
+func (f HandlerFunc) Handle(ctx context.Context, job *Job) Outcome { return f(ctx, job) }
 
 // RetryPolicy is the exponential backoff of failed attempts.
 type RetryPolicy struct {
@@ -79,8 +77,9 @@ type Options struct {
 	// 500ms). A negative value disables the mover.
 	SchedulerInterval time.Duration
 	Retry             RetryPolicy
-	// OnDeadLetter is called after a job was written to the failed list.
-	OnDeadLetter func(ctx context.Context, job *Job, reason error)
+	// Classes are the job classes the handler knows; others are counted
+	// under class "other" so metric labels stay bounded.
+	Classes []string
 }
 
 func (o *Options) defaults() {
@@ -113,10 +112,21 @@ type Consumer struct {
 	metrics *Metrics
 	now     func() time.Time
 	slots   []*slot
+	jobs    jobMetrics
 }
 
-// NewConsumer returns a consumer over rdb. metrics may be nil.
-func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Logger, metrics *Metrics) (*Consumer, error) {
+// Deps are what a Consumer works with.
+type Deps struct {
+	Redis redis.UniversalClient
+	Keys  Keys
+	Log   *zap.Logger
+	// Metrics may be nil (collectors not registered anywhere).
+	Metrics *Metrics
+}
+
+// NewConsumer returns a consumer of opts.Queues.
+func NewConsumer(deps Deps, opts Options) (*Consumer, error) {
+	rdb, keys, log, metrics := deps.Redis, deps.Keys, deps.Log, deps.Metrics
 	opts.defaults()
 	if len(opts.Queues) == 0 {
 		return nil, errors.New("queue consumer: no queues to consume")
@@ -134,7 +144,8 @@ func NewConsumer(rdb redis.UniversalClient, keys Keys, opts Options, log *zap.Lo
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	c := &Consumer{rdb: rdb, keys: keys, opts: opts, log: log, metrics: metrics, now: time.Now}
+	c := &Consumer{rdb: rdb, keys: keys, opts: opts, log: log, metrics: metrics, now: time.Now,
+		jobs: newJobMetrics(metrics, opts.Classes)}
 	for i := range opts.Concurrency {
 		name := opts.WorkerName + "-" + strconv.Itoa(i)
 		q := opts.Queues[i%len(opts.Queues)]
@@ -355,34 +366,90 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 	}
 }
 
-// deliver hands one in-flight job to h. recorded says the worker record
-// already holds it (written by the settle script that took it). It returns
-// the next job if the job's settle took one (only while takeCtx is live).
+// deliver hands one in-flight job to h and settles the outcome. recorded
+// says the worker record already holds it (written by the settle script that
+// took it). It returns the next job if the job's settle took one (only while
+// takeCtx is live).
 func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, recorded bool, h Handler) (string, bool) {
 	jobCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.setCancel(cancel)
 	defer s.setCancel(nil)
 
-	d := &Delivery{c: c, slot: s, raw: raw, takenAt: c.now(), takeCtx: takeCtx, prefetched: recorded}
+	d := &delivery{c: c, slot: s, raw: raw, takenAt: c.now(), takeCtx: takeCtx}
 	job, err := ParseJob([]byte(raw), s.queue)
 	c.recordWorkingOn(ctx, s, raw, recorded, err == nil)
 	if err != nil {
 		// Nothing can make a malformed envelope succeed: dead-letter it with
 		// the reason instead of retrying or dropping it.
 		d.Job = &Job{Queue: s.queue, Raw: []byte(raw)}
-		if ferr := d.Fail(jobCtx, "MalformedJob", err); ferr != nil {
-			c.log.Error("dead-lettering a malformed job failed; it stays in flight for recovery", zap.String("queue", s.queue), zap.Error(ferr))
-		}
+		c.settle(jobCtx, d, Fail("MalformedJob", err), "other")
 		return d.next, d.haveNext
 	}
+	job.prefetched = recorded
 	d.Job = job
-	h.Handle(jobCtx, d)
-	if !d.settled.Load() {
-		c.log.Error("handler left a job unsettled; returning it to its queue", zap.String("queue", s.queue), zap.String("class", job.Class))
-		c.giveBack(s, raw)
-	}
+	class := c.jobs.class(job.Class)
+	start := c.now()
+	out := c.handle(jobCtx, h, job)
+	c.jobs.duration(class).Observe(c.now().Sub(start).Seconds())
+	c.settle(jobCtx, d, out, class)
 	return d.next, d.haveNext
+}
+
+// handle runs the handler; a panic fails that job (with the panic as its
+// reason) and keeps the slot.
+func (c *Consumer) handle(ctx context.Context, h Handler, job *Job) (out Outcome) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("job handler panicked; failing the job", zap.String("class", job.Class),
+				zap.Any("panic", r), zap.Stack("stack"))
+			out = Fail("Panic", fmt.Errorf("handler panicked: %v", r))
+		}
+	}()
+	return h.Handle(ctx, job)
+}
+
+// settle writes an outcome to Redis. A settle that cannot be written marks
+// the slot dirty: it returns the job to its queue before taking another.
+func (c *Consumer) settle(ctx context.Context, d *delivery, o Outcome, class string) {
+	st := plan(o, d.Job.Attempt, c.opts.Retry, ctx.Err() != nil)
+	log := c.log.With(zap.String("class", d.Job.Class), zap.String("queue", d.Job.Queue), zap.Int("attempt", d.Job.Attempt))
+	var err error
+	switch st.op {
+	case opAck:
+		err = d.ack(ctx)
+	case opFail:
+		var report []byte
+		if st.report != nil {
+			if report, err = st.report.encode(d.Job.Queue); err != nil {
+				log.Error("encoding the dead-letter report failed; failing the job without it", zap.Error(err))
+				report = nil
+			}
+		}
+		err = d.fail(ctx, st.exception, st.reason, report)
+	case opDelay:
+		err = d.schedule(ctx, st.delay, st.attempt, st.label)
+	case opRequeue:
+		err = d.requeue(ctx)
+	}
+	if err != nil {
+		log.Error("settling the job failed; the slot returns it to its queue before taking more",
+			zap.String("outcome", st.label), zap.Error(err))
+		return
+	}
+	c.jobs.count(class, st.label)
+	switch st.label {
+	case OutcomeRetried:
+		log.Warn("job attempt failed; re-queued with backoff", zap.String("reason", st.reason.Error()),
+			zap.Int("next_attempt", st.attempt), zap.Duration("delay", st.delay))
+	case OutcomeDelayed:
+		log.Info("job postponed", zap.String("reason", st.reason.Error()), zap.Duration("delay", st.delay))
+	case OutcomeFailed:
+		log.Error("job written to the failed list", zap.String("exception", st.exception), zap.String("reason", st.reason.Error()),
+			zap.Bool("report_queued", st.report != nil))
+	case OutcomeRequeued:
+		log.Info("job returned to its queue unchanged (interrupted)")
+	}
 }
 
 // recordWorkingOn mirrors the in-flight job into resque's worker record, so
@@ -528,60 +595,28 @@ func (c *Consumer) unregister(ctx context.Context) {
 	}
 }
 
-// Delivery is one taken job and the handle to settle it.
-type Delivery struct {
+// delivery is one taken job and the means to settle it.
+type delivery struct {
 	Job     *Job
 	c       *Consumer
 	slot    *slot
 	raw     string
 	takenAt time.Time
-	settled atomic.Bool
-	// takeCtx is the consumer's Run context: while it is live, the first
-	// settle may take the slot's next job in the same script.
+	// takeCtx is the consumer's Run context: while it is live, the settle
+	// may take the slot's next job in the same script.
 	takeCtx context.Context
-	// state is settleFresh until the first settle starts; settleTook marks a
-	// first settle that may have moved another job into the in-flight list,
-	// after which no further settle may touch that list.
-	state atomic.Int32
 	// next is the job the settle took (haveNext), now in the slot's
 	// in-flight list; the slot works it next.
 	next     string
 	haveNext bool
-	// prefetched says this job was taken by the previous job's settle.
-	prefetched bool
 }
 
-const (
-	settleFresh int32 = iota
-	settlePlain
-	settleTook
-)
-
-// errSettledAlready refuses a second settle after the first one took the
-// slot's next job: the in-flight list now holds that job, which may even have
-// the same bytes as this one.
-var errSettledAlready = errors.New("already settled")
-
-// begin claims the delivery's settle. It reports whether this settle may
-// take the next job, or an error if an earlier settle took one.
-func (d *Delivery) begin(op string, mayTake bool) (bool, error) {
-	take := mayTake && d.takeCtx != nil && d.takeCtx.Err() == nil
-	st := settlePlain
-	if take {
-		st = settleTook
-	}
-	if d.state.CompareAndSwap(settleFresh, st) {
-		return take, nil
-	}
-	if d.state.Load() == settleTook {
-		return false, fmt.Errorf("%s job %s: %w", op, d.describe(), errSettledAlready)
-	}
-	return false, nil
-}
+// mayTake says whether this settle may take the slot's next job too.
+func (d *delivery) mayTake() bool { return d.takeCtx != nil && d.takeCtx.Err() == nil }
 
 // run executes a settling script with retries. It runs even when the job's
 // context is done: a cancelled job must still be written back.
-func (d *Delivery) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (int, error) {
+func (d *delivery) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (int, error) {
 	return d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
 		return s.Run(ctx, d.c.rdb, keys, args...).Int()
 	})
@@ -592,7 +627,7 @@ func (d *Delivery) run(ctx context.Context, s *redis.Script, keys []string, args
 // job into the in-flight list. Retries use the plain script: if the first
 // attempt's reply was lost, a job it took may sit in the in-flight list, so
 // the slot is marked dirty and sweeps it back to the queue before taking.
-func (d *Delivery) runTake(ctx context.Context, take bool, plain, withTake *redis.Script, keys []string, args ...any) (int, error) {
+func (d *delivery) runTake(ctx context.Context, take bool, plain, withTake *redis.Script, keys []string, args ...any) (int, error) {
 	if !take {
 		return d.run(ctx, plain, keys, args...)
 	}
@@ -628,24 +663,18 @@ func (d *Delivery) runTake(ctx context.Context, take bool, plain, withTake *redi
 			s.dirty.Store(true)
 			return 0, err
 		}
-		if !d.haveNext {
-			// Nothing was taken: a later settle may touch the list again.
-			d.state.Store(settlePlain)
-		}
 		return int(n), nil
 	})
 }
 
-func (d *Delivery) settle(op string, n int, err error) error {
+func (d *delivery) settle(op string, n int, err error) error {
 	if err != nil {
 		d.c.metrics.RedisErrors.WithLabelValues(op).Inc()
 		d.slot.dirty.Store(true)
-		// Counted as settled: the slot returns the job to its queue itself.
-		d.settled.Store(true)
+		// The slot returns the job to its queue itself.
 		d.c.metrics.InFlight.Dec()
 		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
 	}
-	d.settled.Store(true)
 	d.c.metrics.InFlight.Dec()
 	if d.haveNext {
 		d.slot.m.taken.Inc()
@@ -660,28 +689,23 @@ func (d *Delivery) settle(op string, n int, err error) error {
 	return nil
 }
 
-// Ack removes the job from flight and counts it processed.
-func (d *Delivery) Ack(ctx context.Context) error {
-	take, err := d.begin("ack", true)
-	if err != nil {
-		return err
-	}
+// ack removes the job from flight and counts it processed.
+func (d *delivery) ack(ctx context.Context) error {
+	take := d.mayTake()
 	keys := []string{d.slot.inflight, d.c.keys.StatProcessed(), d.c.keys.WorkerStatProcessed(d.slot.name), d.slot.record}
 	n, err := d.runTake(ctx, take, ackScript, ackTakeScript, keys, d.raw)
 	if err == nil && n == 1 {
 		d.slot.m.acked.Inc()
 	}
-	return d.settle("ack", n, err)
+	return d.settle(opAck, n, err)
 }
 
-// Fail moves the job to the resque failed list at once, with exception and
+// fail moves the job to the resque failed list at once, with exception and
 // reason, in node-resque's format so resque tooling can show and retry it.
-// Use it for failures no retry can fix.
-func (d *Delivery) Fail(ctx context.Context, exception string, reason error) error {
-	take, err := d.begin("fail", true)
-	if err != nil {
-		return err
-	}
+// report, if not nil, is a job pushed onto the job's queue in the same
+// script.
+func (d *delivery) fail(ctx context.Context, exception string, reason error, report []byte) error {
+	take := d.mayTake()
 	entry := Failure{
 		Worker:    d.slot.name,
 		Queue:     d.Job.Queue,
@@ -690,93 +714,49 @@ func (d *Delivery) Fail(ctx context.Context, exception string, reason error) err
 		Error:     reason.Error(),
 		FailedAt:  d.c.now(),
 	}.Encode()
-	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(d.slot.name), d.slot.record}
-	n, err := d.runTake(ctx, take, failScript, failTakeScript, keys, d.raw, entry)
-	if err := d.settle("fail", n, err); err != nil {
+	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(d.slot.name), d.slot.record,
+		d.c.keys.Queue(d.Job.Queue)}
+	n, err := d.runTake(ctx, take, failScript, failTakeScript, keys, d.raw, entry, string(report))
+	if err := d.settle(opFail, n, err); err != nil {
 		return err
 	}
 	if n == 1 {
 		d.slot.m.deadLettered.Inc()
-		if d.c.opts.OnDeadLetter != nil && d.Job.Class != "" {
-			d.c.opts.OnDeadLetter(context.WithoutCancel(ctx), d.Job, reason)
-		}
 	}
 	return nil
 }
 
-// Retry re-queues a failed attempt through the delayed schedule with
-// exponential backoff, or, after the last retry, writes the job to the
-// failed list. It reports whether the job was re-queued.
-func (d *Delivery) Retry(ctx context.Context, exception string, reason error) (bool, error) {
-	next := d.Job.Attempt + 1
-	if next > d.c.opts.Retry.MaxRetries {
-		err := d.Fail(ctx, exception, fmt.Errorf("%w (gave up after %d attempts)", reason, next))
-		return false, err
-	}
-	if err := d.schedule(ctx, d.c.opts.Retry.backoff(next), next, "retry"); err != nil {
-		return false, err
-	}
-	d.slot.m.retried.Inc()
-	d.c.log.Info("job re-queued for a later attempt", zap.String("class", d.Job.Class), zap.Int("attempt", next),
-		zap.Duration("delay", d.c.opts.Retry.backoff(next)), zap.String("reason", reason.Error()))
-	return true, nil
-}
-
-// RetryLater puts the job back after delay without counting an attempt: the
-// job is fine, the worker cannot run it now (a paused runtime, a budget, an
-// open circuit breaker).
-func (d *Delivery) RetryLater(ctx context.Context, delay time.Duration) error {
-	if err := d.schedule(ctx, delay, d.Job.Attempt, "delay"); err != nil {
-		return err
-	}
-	d.slot.m.postponed.Inc()
-	return nil
-}
-
-// FollowUp replaces the job, atomically, with another job due after delay
-// (e.g. a start with the verify that checks its pod). Nothing is lost if the
-// process dies at any point: either the old job is in flight or the new one
-// is scheduled.
-func (d *Delivery) FollowUp(ctx context.Context, class string, args any, delay time.Duration) error {
-	a, err := json.Marshal([]any{args})
-	if err != nil {
-		return fmt.Errorf("encoding the follow-up of job %s: %w", d.describe(), err)
-	}
-	next := &Job{Class: class, Queue: d.Job.Queue, rawArgsOverride: a}
-	return d.scheduleJob(ctx, delay, next, 0, "follow-up")
-}
-
-func (d *Delivery) schedule(ctx context.Context, delay time.Duration, attempt int, op string) error {
-	return d.scheduleJob(ctx, delay, d.Job, attempt, op)
-}
-
-func (d *Delivery) scheduleJob(ctx context.Context, delay time.Duration, j *Job, attempt int, op string) error {
-	next, err := j.withAttempt(attempt)
+// schedule puts the job back through the delayed schedule, due after delay,
+// carrying attempt (op is the metric label: retried or delayed).
+func (d *delivery) schedule(ctx context.Context, delay time.Duration, attempt int, op string) error {
+	next, err := d.Job.withAttempt(attempt)
 	if err != nil {
 		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
 	}
-	take, err := d.begin(op, true)
-	if err != nil {
-		return err
-	}
+	take := d.mayTake()
 	// node-resque's enqueueIn rounds to the nearest second.
 	ts := int64(math.Round(float64(d.c.now().Add(delay).UnixMilli()) / 1000))
 	keys := []string{d.slot.inflight, d.c.keys.Delayed(ts), d.c.keys.Timestamps(string(next)), d.c.keys.DelayedSchedule(), d.slot.record}
 	n, err := d.runTake(ctx, take, delayScript, delayTakeScript, keys, d.raw, next, ts)
-	return d.settle(op, n, err)
-}
-
-// Requeue returns the job to the head of its queue unchanged.
-// It never takes the next job: that would take this one straight back.
-func (d *Delivery) Requeue(ctx context.Context) error {
-	if _, err := d.begin("requeue", false); err != nil {
+	if err := d.settle(op, n, err); err != nil {
 		return err
 	}
-	n, err := d.run(ctx, requeueScript, []string{d.slot.inflight, d.slot.queueKey, d.slot.record}, d.raw)
-	return d.settle("requeue", n, err)
+	if op == OutcomeRetried {
+		d.slot.m.retried.Inc()
+	} else {
+		d.slot.m.postponed.Inc()
+	}
+	return nil
 }
 
-func (d *Delivery) describe() string {
+// requeue returns the job to the head of its queue unchanged.
+// It never takes the next job: that would take this one straight back.
+func (d *delivery) requeue(ctx context.Context) error {
+	n, err := d.run(ctx, requeueScript, []string{d.slot.inflight, d.slot.queueKey, d.slot.record}, d.raw)
+	return d.settle(opRequeue, n, err)
+}
+
+func (d *delivery) describe() string {
 	if d.Job != nil && d.Job.Class != "" {
 		return d.Job.Class + " from " + d.slot.queue
 	}

@@ -52,7 +52,7 @@ func (f *fixture) enqueue(t *testing.T, q, job string) {
 // run starts a consumer and returns a stop function that waits for it.
 func (f *fixture) run(t *testing.T, h queue.Handler) (stop func()) {
 	t.Helper()
-	c, err := queue.NewConsumer(f.rdb, f.keys, f.opts, zaptest.NewLogger(t), nil)
+	c, err := queue.NewConsumer(queue.Deps{Redis: f.rdb, Keys: f.keys, Log: zaptest.NewLogger(t)}, f.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +85,9 @@ func TestConsumer_AckedJobLeavesNoTrace(t *testing.T) {
 	job := `{"class":"start","queue":"builds","args":[{"buildId":1,"jobId":1}]}`
 	f.enqueue(t, "builds", job)
 	got := make(chan *queue.Job, 1)
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		if err := d.Ack(ctx); err != nil {
-			t.Error(err)
-		}
-		got <- d.Job
+	stop := f.run(t, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
+		got <- j
+		return queue.Done()
 	}))
 	defer stop()
 	select {
@@ -123,9 +121,9 @@ func TestConsumer_MalformedJobGoesToFailedListWithReason(t *testing.T) {
 			f := newFixture(t, 1)
 			f.enqueue(t, "builds", tt.raw)
 			var handled atomic.Int32
-			stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+			stop := f.run(t, queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome {
 				handled.Add(1)
-				_ = d.Ack(ctx)
+				return queue.Done()
 			}))
 			ctx := context.Background()
 			testbed.Eventually(t, 5*time.Second, "failed entry", func() bool { return f.rdb.LLen(ctx, f.keys.Failed()).Val() == 1 })
@@ -158,8 +156,8 @@ func TestConsumer_FailWritesNodeResqueEntry(t *testing.T) {
 	f := newFixture(t, 1)
 	job := `{"class":"start","queue":"builds","args":[{"buildId":7}]}`
 	f.enqueue(t, "builds", job)
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		_ = d.Fail(ctx, "InvalidPayload", errors.New("container (the build image) is required"))
+	stop := f.run(t, queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome {
+		return queue.Fail("InvalidPayload", errors.New("container (the build image) is required"))
 	}))
 	ctx := context.Background()
 	testbed.Eventually(t, 5*time.Second, "failed entry", func() bool { return f.rdb.LLen(ctx, f.keys.Failed()).Val() == 1 })
@@ -171,27 +169,27 @@ func TestConsumer_FailWritesNodeResqueEntry(t *testing.T) {
 	}
 }
 
-func TestConsumer_UnsettledJobReturnsToQueueHead(t *testing.T) {
+func TestConsumer_RequeuedJobReturnsToQueueHead(t *testing.T) {
 	f := newFixture(t, 1)
 	f.enqueue(t, "builds", `{"class":"start","queue":"builds","args":[{"buildId":1}]}`)
 	f.enqueue(t, "builds", `{"class":"start","queue":"builds","args":[{"buildId":2}]}`)
 	var seen []string
 	var mu sync.Mutex
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	stop := f.run(t, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
 		mu.Lock()
 		defer mu.Unlock()
-		seen = append(seen, string(d.Job.Args[0]))
+		seen = append(seen, string(j.Args[0]))
 		if len(seen) > 1 {
-			_ = d.Ack(ctx)
+			return queue.Done()
 		}
-		// first delivery: left unsettled on purpose
+		return queue.Requeue()
 	}))
 	testbed.Eventually(t, 5*time.Second, "both jobs acked", func() bool {
 		return f.rdb.Get(context.Background(), f.keys.StatProcessed()).Val() == "2"
 	})
 	stop()
 	if seen[0] != `{"buildId":1}` || seen[1] != `{"buildId":1}` {
-		t.Fatalf("the unsettled job must come back first, saw %v", seen)
+		t.Fatalf("the requeued job must come back first, saw %v", seen)
 	}
 }
 
@@ -202,9 +200,9 @@ func TestConsumer_LeftoverInFlightJobIsRequeuedOnStart(t *testing.T) {
 	// A previous process with our name died holding a job.
 	f.rdb.RPush(ctx, f.keys.InFlight(f.opts.WorkerName+"-0"), left)
 	got := make(chan string, 1)
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		_ = d.Ack(ctx)
-		got <- string(d.Job.Raw)
+	stop := f.run(t, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
+		got <- string(j.Raw)
+		return queue.Done()
 	}))
 	defer stop()
 	select {
@@ -224,16 +222,13 @@ func TestConsumer_StopDrainsInFlightJobs(t *testing.T) {
 	f.enqueue(t, "builds", `{"class":"start","queue":"builds","args":[{"buildId":2}]}`)
 	started := make(chan struct{})
 	release := make(chan struct{})
-	var acked atomic.Int32
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, _ *queue.Job) queue.Outcome {
 		close(started)
 		<-release
 		if ctx.Err() != nil {
 			t.Error("job context cancelled during the drain period")
 		}
-		if err := d.Ack(ctx); err == nil {
-			acked.Add(1)
-		}
+		return queue.Done()
 	}))
 	<-started
 	stopped := make(chan struct{})
@@ -242,8 +237,8 @@ func TestConsumer_StopDrainsInFlightJobs(t *testing.T) {
 	close(release)
 	<-stopped
 	ctx := context.Background()
-	if acked.Load() != 1 {
-		t.Fatalf("acked %d, want 1", acked.Load())
+	if got := f.rdb.Get(ctx, f.keys.StatProcessed()).Val(); got != "1" {
+		t.Fatalf("processed %s, want 1", got)
 	}
 	if n := f.rdb.LLen(ctx, f.keys.Queue("builds")).Val(); n != 1 {
 		t.Fatalf("queue holds %d jobs, want the untaken one", n)
@@ -266,11 +261,11 @@ func TestConsumer_ManyJobsEachAckedOnce(t *testing.T) {
 	}
 	var mu sync.Mutex
 	seen := map[string]int{}
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	stop := f.run(t, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
 		mu.Lock()
-		seen[string(d.Job.Args[0])]++
+		seen[string(j.Args[0])]++
 		mu.Unlock()
-		_ = d.Ack(ctx)
+		return queue.Done()
 	}))
 	testbed.Eventually(t, 20*time.Second, "all acked", func() bool { return f.rdb.Get(ctx, f.keys.StatProcessed()).Val() == strconv.Itoa(n) })
 	stop()
@@ -281,5 +276,65 @@ func TestConsumer_ManyJobsEachAckedOnce(t *testing.T) {
 		if c != 1 {
 			t.Fatalf("job %s handled %d times", k, c)
 		}
+	}
+}
+
+// A panicking handler fails that job with the panic as its reason; the slot
+// keeps working and takes the next job.
+func TestConsumer_PanicFailsTheJobAndKeepsTheSlot(t *testing.T) {
+	f := newFixture(t, 1)
+	f.enqueue(t, "builds", `{"class":"start","queue":"builds","args":[{"buildId":1}]}`)
+	f.enqueue(t, "builds", `{"class":"start","queue":"builds","args":[{"buildId":2}]}`)
+	stop := f.run(t, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
+		if string(j.Args[0]) == `{"buildId":1}` {
+			var m map[string]int
+			m["boom"]++ // nil map write
+		}
+		return queue.Done()
+	}))
+	ctx := context.Background()
+	testbed.Eventually(t, 5*time.Second, "second job acked", func() bool { return f.rdb.Get(ctx, f.keys.StatProcessed()).Val() == "1" })
+	stop()
+	entry := f.rdb.LIndex(ctx, f.keys.Failed(), 0).Val()
+	if !strings.Contains(entry, `"exception":"Panic"`) || !strings.Contains(entry, "assignment to entry in nil map") {
+		t.Fatalf("failed entry %s", entry)
+	}
+}
+
+// A dead-letter report rides in the fail script: it is queued iff the job
+// reached the failed list, whether by Fail or after the last retry.
+func TestConsumer_DeadLetterReportIsQueuedWithTheFailedEntry(t *testing.T) {
+	tests := []struct {
+		name    string
+		outcome func() queue.Outcome
+		attempt int
+	}{
+		{"Fail", func() queue.Outcome { return queue.Fail("PodRejected", errors.New("forbidden")) }, 0},
+		{"LastRetry", func() queue.Outcome { return queue.Retry(errors.New("apiserver down")) }, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, 1)
+			f.opts.Retry.MaxRetries = 1
+			f.enqueue(t, "builds", `{"class":"start","queue":"builds","args":[{"buildId":4}],"attempt":`+strconv.Itoa(tt.attempt)+`}`)
+			var reports atomic.Int32
+			stop := f.run(t, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
+				if j.Class == "report" {
+					reports.Add(1)
+					if string(j.Args[0]) != `{"buildId":4}` || string(j.Args[1]) != `{"message":"m"}` {
+						t.Errorf("report args %s", j.Raw)
+					}
+					return queue.Done()
+				}
+				return tt.outcome().ReportDeadLetter(queue.NewJob{Class: "report",
+					Args: []any{j.Args[0], map[string]string{"message": "m"}}})
+			}))
+			ctx := context.Background()
+			testbed.Eventually(t, 5*time.Second, "report handled", func() bool { return reports.Load() == 1 })
+			stop()
+			if n := f.rdb.LLen(ctx, f.keys.Failed()).Val(); n != 1 {
+				t.Fatalf("failed list %d", n)
+			}
+		})
 	}
 }

@@ -25,6 +25,8 @@ type Job struct {
 	// rawArgsOverride, when set, is the args array to render instead of
 	// Args (a follow-up job built from a Go value).
 	rawArgsOverride json.RawMessage
+	// prefetched says the previous job's settle took this one.
+	prefetched bool
 }
 
 // ErrMalformed marks a payload that is not a resque job at all.

@@ -23,6 +23,10 @@ type Metrics struct {
 	InFlight     prometheus.Gauge
 	RedisErrors  *prometheus.CounterVec
 	TakeToSettle prometheus.Histogram
+	// Jobs counts settled jobs by class and outcome (succeeded, retried,
+	// delayed, failed, requeued); Duration is the handler's time per class.
+	Jobs     *prometheus.CounterVec
+	Duration *prometheus.HistogramVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -51,13 +55,56 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from taking a job to settling it (ack, retry, failed list).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}),
+		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "jobs_total",
+			Help: "Jobs settled, by class (the handler's classes, else other) and outcome (succeeded, retried, delayed, failed, requeued).",
+		}, []string{"class", "outcome"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "queue_worker", Name: "job_duration_seconds",
+			Help:    "Time the handler took for one attempt of a job, by class.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"class"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Taken, m.Acked, m.Retried, m.Postponed, m.DeadLettered, m.Recovered, m.DelayedMoved,
-			m.LeasesLost, m.LostSettles, m.InFlight, m.RedisErrors, m.TakeToSettle)
+			m.LeasesLost, m.LostSettles, m.InFlight, m.RedisErrors, m.TakeToSettle, m.Jobs, m.Duration)
 	}
 	return m
 }
+
+// jobMetrics are the per-class children of Jobs and Duration, created up
+// front for the known classes and "other".
+type jobMetrics struct {
+	known    map[string]bool
+	counts   map[[2]string]prometheus.Counter
+	handling map[string]prometheus.Observer
+}
+
+var jobOutcomes = []string{OutcomeSucceeded, OutcomeRetried, OutcomeDelayed, OutcomeFailed, OutcomeRequeued}
+
+func newJobMetrics(m *Metrics, classes []string) jobMetrics {
+	j := jobMetrics{known: map[string]bool{}, counts: map[[2]string]prometheus.Counter{}, handling: map[string]prometheus.Observer{}}
+	for _, c := range append(classes[:len(classes):len(classes)], "other") {
+		j.known[c] = true
+		j.handling[c] = m.Duration.WithLabelValues(c)
+		for _, o := range jobOutcomes {
+			j.counts[[2]string{c, o}] = m.Jobs.WithLabelValues(c, o)
+		}
+	}
+	return j
+}
+
+// class bounds a job class to the known ones.
+func (j jobMetrics) class(c string) string {
+	if j.known[c] {
+		return c
+	}
+	return "other"
+}
+
+func (j jobMetrics) count(class, outcome string) { j.counts[[2]string{class, outcome}].Inc() }
+
+func (j jobMetrics) duration(class string) prometheus.Observer { return j.handling[class] }
 
 // DepthCollector reports queue lengths, the failed list and the delayed
 // schedule at scrape time (asynq's exporter pattern), bounded by a timeout.

@@ -71,24 +71,22 @@ const { Queue } = require("node-resque");
 
 // collect runs a consumer until want deliveries were settled by handle, and
 // returns the jobs in the order they were handed over.
-func collect(t *testing.T, f *fixture, want int, handle func(ctx context.Context, d *queue.Delivery) error) []*queue.Job {
+func collect(t *testing.T, f *fixture, want int, handle func(ctx context.Context, j *queue.Job) queue.Outcome) []*queue.Job {
 	t.Helper()
 	var (
 		mu   sync.Mutex
 		jobs []*queue.Job
 		done = make(chan struct{})
 	)
-	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		if err := handle(ctx, d); err != nil {
-			t.Error(err)
-			return
-		}
+	stop := f.run(t, queue.HandlerFunc(func(ctx context.Context, j *queue.Job) queue.Outcome {
+		out := handle(ctx, j)
 		mu.Lock()
 		defer mu.Unlock()
-		jobs = append(jobs, d.Job)
+		jobs = append(jobs, j)
 		if len(jobs) == want {
 			close(done)
 		}
+		return out
 	}))
 	select {
 	case <-done:
@@ -105,7 +103,7 @@ func collect(t *testing.T, f *fixture, want int, handle func(ctx context.Context
 	return jobs
 }
 
-func ack(ctx context.Context, d *queue.Delivery) error { return d.Ack(ctx) }
+func ack(context.Context, *queue.Job) queue.Outcome { return queue.Done() }
 
 func TestNodeResque_EnqueuedJobsAreConsumedWithArgsIntact(t *testing.T) {
 	f := newFixture(t, 2)
@@ -229,8 +227,8 @@ func TestNodeResque_FailedEntryIsListedAndRetriedByNodeTooling(t *testing.T) {
 
 	before := time.Now().Add(-2 * time.Second)
 	reason := errors.New(`simulated failure for build 300: "quoted" <html> & /path/`)
-	failed := collect(t, f, 1, func(ctx context.Context, d *queue.Delivery) error {
-		return d.Fail(ctx, "TypeError", reason)
+	failed := collect(t, f, 1, func(context.Context, *queue.Job) queue.Outcome {
+		return queue.Fail("TypeError", reason)
 	})
 	if string(failed[0].Raw) != original {
 		t.Fatalf("failed job raw %s, want %s", failed[0].Raw, original)
@@ -333,12 +331,10 @@ func checkNodeResqueSeesWorkers(t *testing.T, f *fixture) {
 	working := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
-	stopConsumer := f.run(t, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	stopConsumer := f.run(t, queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome {
 		once.Do(func() { close(working) })
 		<-release
-		if err := d.Ack(ctx); err != nil {
-			t.Error(err)
-		}
+		return queue.Done()
 	}))
 	var releaseOnce, stopOnce sync.Once
 	stop := func() {

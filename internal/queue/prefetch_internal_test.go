@@ -34,11 +34,11 @@ func runInternal(t *testing.T, c *Consumer, h Handler) (stop func()) {
 func newInternalConsumer(t *testing.T, concurrency int) (*Consumer, Keys) {
 	rdb, ns, _ := testbed.Redis(t)
 	keys := NewKeys(ns)
-	c, err := NewConsumer(rdb, keys, Options{
+	c, err := NewConsumer(Deps{Redis: rdb, Keys: keys, Log: zaptest.NewLogger(t)}, Options{
 		Queues: []string{"builds"}, Concurrency: concurrency, WorkerName: "prefetch:" + testbed.Suffix(),
 		BlockTimeout: time.Second, OperationTimeout: 2 * time.Second, DrainTimeout: 5 * time.Second,
 		Retry: RetryPolicy{MaxRetries: 1, Delay: time.Hour},
-	}, zaptest.NewLogger(t), nil)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +59,8 @@ func TestPrefetch_DeepQueueOneJobPerSlotAndRecordKept(t *testing.T) {
 	var mu sync.Mutex
 	var prefetched, handled int
 	var problems []string
-	runInternal(t, c, HandlerFunc(func(ctx context.Context, d *Delivery) {
-		raw := string(d.Job.Raw)
+	runInternal(t, c, HandlerFunc(func(ctx context.Context, job *Job) Outcome {
+		raw := string(job.Raw)
 		inflight := c.rdb.LRange(ctx, s.inflight, 0, -1).Val()
 		var rec struct {
 			Payload json.RawMessage `json:"payload"`
@@ -76,7 +76,7 @@ func TestPrefetch_DeepQueueOneJobPerSlotAndRecordKept(t *testing.T) {
 		if recErr != nil || string(rec.Payload) != raw || rec.Worker != s.name || rec.Queue != "builds" || rec.RunAt == "" {
 			problems = append(problems, "worker record for "+raw)
 		}
-		if d.prefetched {
+		if job.prefetched {
 			prefetched++
 		}
 		handled++
@@ -85,17 +85,11 @@ func TestPrefetch_DeepQueueOneJobPerSlotAndRecordKept(t *testing.T) {
 		// Every settle kind that may take next: ack, retry (delayed), fail.
 		switch n % 3 {
 		case 0:
-			if err := d.Ack(ctx); err != nil {
-				t.Error(err)
-			}
+			return Done()
 		case 1:
-			if _, err := d.Retry(ctx, "Error", errors.New("x")); err != nil {
-				t.Error(err)
-			}
+			return Retry(errors.New("x"))
 		default:
-			if err := d.Fail(ctx, "Error", errors.New("y")); err != nil {
-				t.Error(err)
-			}
+			return Fail("Error", errors.New("y"))
 		}
 	}))
 	testbed.Eventually(t, 10*time.Second, "every job handled", func() bool {
@@ -117,42 +111,5 @@ func TestPrefetch_DeepQueueOneJobPerSlotAndRecordKept(t *testing.T) {
 	}
 	if got := c.rdb.LLen(ctx, keys.Failed()).Val(); got != jobs/3 {
 		t.Fatalf("failed list holds %d, want %d", got, jobs/3)
-	}
-}
-
-// A second settle after one that took the next job must not touch the
-// in-flight list, which now holds that job, here with the very same bytes.
-func TestPrefetch_SecondSettleCannotSettleThePrefetchedJob(t *testing.T) {
-	c, keys := newInternalConsumer(t, 1)
-	ctx := context.Background()
-	raw := `{"class":"start","queue":"builds","args":[{"buildId":7}]}`
-	c.rdb.RPush(ctx, keys.Queue("builds"), raw, raw)
-	var mu sync.Mutex
-	var errs []error
-	var handled int
-	runInternal(t, c, HandlerFunc(func(ctx context.Context, d *Delivery) {
-		first := d.Ack(ctx)
-		second := d.Ack(ctx)
-		third := d.Requeue(ctx)
-		mu.Lock()
-		handled++
-		errs = append(errs, first, second, third)
-		mu.Unlock()
-	}))
-	testbed.Eventually(t, 5*time.Second, "both handled", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return handled == 2
-	})
-	mu.Lock()
-	defer mu.Unlock()
-	if errs[0] != nil || !errors.Is(errs[1], errSettledAlready) || !errors.Is(errs[2], errSettledAlready) {
-		t.Fatalf("first delivery's settles: %v", errs[:3])
-	}
-	if got := c.rdb.Get(ctx, keys.StatProcessed()).Val(); got != "2" {
-		t.Fatalf("stat:processed = %s, want 2 (one per delivery)", got)
-	}
-	if n := c.rdb.LLen(ctx, keys.Queue("builds")).Val(); n != 0 {
-		t.Fatalf("queue holds %d", n)
 	}
 }

@@ -33,27 +33,24 @@ func init() {
 func runPrefetchChild(ns, name string, hang int) int {
 	rdb := redis.NewClient(&redis.Options{Addr: testbed.RedisAddr()})
 	keys := queue.NewKeys(ns)
-	c, err := queue.NewConsumer(rdb, keys, queue.Options{
+	c, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: zap.NewNop()}, queue.Options{
 		Queues: []string{"builds"}, Concurrency: 1, WorkerName: name,
 		BlockTimeout: time.Second, OperationTimeout: 2 * time.Second, DrainTimeout: time.Second,
 		LeaseDuration: 2 * time.Second, RecoverInterval: -1, SchedulerInterval: -1,
-	}, zap.NewNop(), nil)
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	seen := 0
-	_ = c.Run(context.Background(), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	_ = c.Run(context.Background(), queue.HandlerFunc(func(ctx context.Context, j *queue.Job) queue.Outcome {
 		seen++
 		if seen == hang {
-			rdb.Set(ctx, ns+":test:hung", string(d.Job.Raw), 0)
+			rdb.Set(ctx, ns+":test:hung", string(j.Raw), 0)
 			select {} // holding the prefetched job until SIGKILL
 		}
-		if err := d.Ack(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		rdb.HIncrBy(ctx, ns+":test:done", string(d.Job.Raw), 1)
+		rdb.HIncrBy(ctx, ns+":test:done", string(j.Raw), 1)
+		return queue.Done()
 	}))
 	return 0
 }
@@ -97,14 +94,11 @@ func TestPrefetch_SIGKILLedSlotLosesNoJobOfADeepQueue(t *testing.T) {
 
 	var mu sync.Mutex
 	done := map[string]int{}
-	runConsumer(t, rdb, keys, fastOptions("prefetchsurvivor:"+testbed.Suffix(), 2), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		if err := d.Ack(ctx); err != nil {
-			t.Error(err)
-			return
-		}
+	runConsumer(t, rdb, keys, fastOptions("prefetchsurvivor:"+testbed.Suffix(), 2), queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
 		mu.Lock()
-		done[string(d.Job.Raw)]++
+		done[string(j.Raw)]++
 		mu.Unlock()
+		return queue.Done()
 	}))
 	testbed.Eventually(t, 15*time.Second, "every job completed", func() bool {
 		mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,16 +38,16 @@ func TestMain(m *testing.M) {
 func runChild(ns, name string) int {
 	rdb := redis.NewClient(&redis.Options{Addr: testbed.RedisAddr()})
 	keys := queue.NewKeys(ns)
-	c, err := queue.NewConsumer(rdb, keys, queue.Options{
+	c, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: zap.NewNop()}, queue.Options{
 		Queues: []string{"builds"}, Concurrency: 1, WorkerName: name,
 		BlockTimeout: time.Second, OperationTimeout: 2 * time.Second, DrainTimeout: time.Second,
 		LeaseDuration: 2 * time.Second, RecoverInterval: -1, SchedulerInterval: -1,
-	}, zap.NewNop(), nil)
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	_ = c.Run(context.Background(), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	_ = c.Run(context.Background(), queue.HandlerFunc(func(ctx context.Context, _ *queue.Job) queue.Outcome {
 		rdb.Incr(ctx, ns+":test:started")
 		select {} // mid-job forever, until SIGKILL
 	}))
@@ -64,7 +65,7 @@ func fastOptions(name string, concurrency int) queue.Options {
 
 func runConsumer(t *testing.T, rdb redis.UniversalClient, keys queue.Keys, opts queue.Options, h queue.Handler) (stop func()) {
 	t.Helper()
-	c, err := queue.NewConsumer(rdb, keys, opts, zaptest.NewLogger(t), nil)
+	c, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: zaptest.NewLogger(t)}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,9 +112,9 @@ func TestReliability_SIGKILLedWorkerJobIsRecoveredAndCompletedOnce(t *testing.T)
 	killedAt := time.Now()
 
 	var completed atomic.Int32
-	runConsumer(t, rdb, keys, fastOptions("survivor:"+testbed.Suffix(), 2), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	runConsumer(t, rdb, keys, fastOptions("survivor:"+testbed.Suffix(), 2), queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome {
 		completed.Add(1)
-		_ = d.Ack(ctx)
+		return queue.Done()
 	}))
 	testbed.Eventually(t, 15*time.Second, "job recovered and completed", func() bool { return completed.Load() == 1 })
 	t.Logf("recovered and completed %.1fs after SIGKILL (lease 2s)", time.Since(killedAt).Seconds())
@@ -146,13 +147,11 @@ func TestReliability_ThreeWorkersTwoThousandJobsEachAckedOnce(t *testing.T) {
 	}
 	var mu sync.Mutex
 	seen := make(map[string]int, n)
-	h := queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	h := queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
 		mu.Lock()
-		seen[string(d.Job.Args[0])]++
+		seen[string(j.Args[0])]++
 		mu.Unlock()
-		if err := d.Ack(ctx); err != nil {
-			t.Error(err)
-		}
+		return queue.Done()
 	})
 	for w := range 3 {
 		// Each worker has its own connection pool, as separate replicas would.
@@ -193,9 +192,9 @@ func TestReliability_DelayedJobRunsWithinASecondOfItsDueTime(t *testing.T) {
 	rdb, ns, _ := testbed.Redis(t)
 	keys := queue.NewKeys(ns)
 	ran := make(chan time.Time, 1)
-	runConsumer(t, rdb, keys, fastOptions("delayhost:1", 1), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	runConsumer(t, rdb, keys, fastOptions("delayhost:1", 1), queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome {
 		ran <- time.Now()
-		_ = d.Ack(ctx)
+		return queue.Done()
 	}))
 	ts := enqueueIn(t, rdb, keys, 2*time.Second, job(7))
 	due := time.Unix(ts, 0)
@@ -216,31 +215,34 @@ func TestReliability_DelayedJobRunsWithinASecondOfItsDueTime(t *testing.T) {
 	}
 }
 
-func TestReliability_FailedAttemptsBackOffThenDeadLetterWithHook(t *testing.T) {
+func TestReliability_FailedAttemptsBackOffThenDeadLetterWithReport(t *testing.T) {
 	rdb, ns, _ := testbed.Redis(t)
 	keys := queue.NewKeys(ns)
 	ctx := context.Background()
 	var attempts []int
 	var times []time.Time
 	var mu sync.Mutex
-	hooked := make(chan error, 1)
+	reported := make(chan string, 1)
 	opts := fastOptions("retryhost:1", 1)
-	opts.OnDeadLetter = func(_ context.Context, j *queue.Job, reason error) { hooked <- reason }
-	runConsumer(t, rdb, keys, opts, queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	runConsumer(t, rdb, keys, opts, queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
+		if j.Class == "report" {
+			reported <- string(j.Args[0])
+			return queue.Done()
+		}
 		mu.Lock()
-		attempts = append(attempts, d.Job.Attempt)
+		attempts = append(attempts, j.Attempt)
 		times = append(times, time.Now())
 		mu.Unlock()
-		if _, err := d.Retry(ctx, "Error", errors.New("apiserver unavailable")); err != nil {
-			t.Error(err)
-		}
+		return queue.Retry(errors.New("apiserver unavailable")).ReportDeadLetter(queue.NewJob{Class: "report", Args: []any{j.Args[0]}})
 	}))
 	rdb.RPush(ctx, keys.Queue("builds"), job(9))
-	var reason error
 	select {
-	case reason = <-hooked:
+	case got := <-reported:
+		if got != `{"buildId":9}` {
+			t.Fatalf("report args %s", got)
+		}
 	case <-time.After(15 * time.Second):
-		t.Fatal("dead-letter hook not called")
+		t.Fatal("dead-letter report never ran")
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -254,12 +256,9 @@ func TestReliability_FailedAttemptsBackOffThenDeadLetterWithHook(t *testing.T) {
 			t.Errorf("retry %d came %v after the previous attempt, want about %v", i+1, got, want)
 		}
 	}
-	if reason == nil || reason.Error() != "apiserver unavailable (gave up after 3 attempts)" {
-		t.Fatalf("hook reason %v", reason)
-	}
 	entry := rdb.LIndex(ctx, keys.Failed(), 0).Val()
-	if entry == "" {
-		t.Fatal("no failed entry after the last retry")
+	if !strings.Contains(entry, `"error":"apiserver unavailable (gave up after 3 attempts)"`) {
+		t.Fatalf("failed entry after the last retry: %q", entry)
 	}
 }
 
@@ -352,9 +351,9 @@ func TestReliability_ClusterHashTagNamespace(t *testing.T) {
 	rdb, ns, _ := testbed.Redis(t)
 	keys := queue.NewKeys(ns + ":{screwdriver-resque}")
 	got := make(chan string, 1)
-	runConsumer(t, rdb, keys, fastOptions("taghost:1", 1), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		_ = d.Ack(ctx)
-		got <- string(d.Job.Raw)
+	runConsumer(t, rdb, keys, fastOptions("taghost:1", 1), queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
+		got <- string(j.Raw)
+		return queue.Done()
 	}))
 	rdb.RPush(context.Background(), ns+":{screwdriver-resque}:queue:builds", job(5))
 	select {
@@ -410,12 +409,12 @@ func TestReliability_RedisRestartMidRunLosesNothing(t *testing.T) {
 	}
 	var mu sync.Mutex
 	handled := map[string]int{}
-	runConsumer(t, rdb, keys, fastOptions("restarthost:1", 4), queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
+	runConsumer(t, rdb, keys, fastOptions("restarthost:1", 4), queue.HandlerFunc(func(_ context.Context, j *queue.Job) queue.Outcome {
 		time.Sleep(10 * time.Millisecond) // work
 		mu.Lock()
-		handled[string(d.Job.Args[0])]++
+		handled[string(j.Args[0])]++
 		mu.Unlock()
-		_ = d.Ack(ctx)
+		return queue.Done()
 	}))
 	testbed.Eventually(t, 10*time.Second, "some jobs done", func() bool {
 		done, _ := rdb.Get(ctx, keys.StatProcessed()).Int()

@@ -23,8 +23,10 @@ var (
 	ackTakeScript = redis.NewScript(ackBody + takeNextTail)
 )
 
-// failScript: KEYS inflight, failed, stat:failed, stat:failed:<slot>, worker record.
-// ARGV raw job, failed entry.
+// failScript: KEYS inflight, failed, stat:failed, stat:failed:<slot>, worker
+// record, the job's queue. ARGV raw job, failed entry, report job ("" for
+// none). The report job (e.g. the FAILURE report of a start that will never
+// run) is pushed in the same step, so it exists iff the failed entry does.
 const failBody = `
 local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if n == 1 then
@@ -32,6 +34,7 @@ if n == 1 then
   redis.call('INCR', KEYS[3])
   redis.call('INCR', KEYS[4])
   redis.call('DEL', KEYS[5])
+  if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[3]) end
 end
 `
 

@@ -9,7 +9,8 @@ import (
 )
 
 // Explanation is a decision with everything an operator needs to see why it
-// was taken. `queue-worker explain -o json` and GET /debug/route print it.
+// was taken. `queue-worker explain -o json` and GET /debug/route print it;
+// the worker logs it.
 type Explanation struct {
 	BuildID    int64  `json:"buildId"`
 	JobID      int64  `json:"jobId,omitempty"`
@@ -30,18 +31,22 @@ type Explanation struct {
 	KataPercent *float64             `json:"kataPercent,omitempty"`
 	StickyBy    weightage.Stickiness `json:"stickyBy,omitempty"`
 	StickyKey   int64                `json:"stickyKey,omitempty"`
-	// Budget is the runtime's cap of pods in flight (0 = none). Whether it
-	// is reached needs the cluster; only the daemon checks it.
-	Budget          int    `json:"budget,omitempty"`
+	// Budget is the runtime's cap of pods in flight (0 = none). InFlight is
+	// the runtime's pods in flight when the budget was checked (the daemon
+	// checks it; the offline explain cannot).
+	Budget   int  `json:"budget,omitempty"`
+	InFlight *int `json:"inFlight,omitempty"`
+	// Wait is why the start must wait (paused or budget), if it must.
+	Wait            string `json:"wait,omitempty"`
 	IgnoredExecutor string `json:"ignoredExecutor,omitempty"`
 	RulesVersion    string `json:"rulesVersion"`
 	// Reason is the decision in words.
 	Reason string `json:"reason"`
 }
 
-// Explain routes b under r and explains the decision.
-func Explain(b weightage.Build, r *weightage.Rules) Explanation {
-	d := weightage.Route(b, r)
+// explain describes decision d of build b under r; inflight is the
+// runtime's pods in flight if the budget was checked (else -1).
+func explain(b weightage.Build, d weightage.Decision, r *weightage.Rules, inflight int, wait *Wait) Explanation {
 	e := Explanation{
 		BuildID: b.BuildID, JobID: b.JobID, PipelineID: b.PipelineID, Image: b.Image,
 		ExecutorAnnotation: b.Executor,
@@ -50,6 +55,12 @@ func Explain(b weightage.Build, r *weightage.Rules) Explanation {
 		Budget:          r.Budget(d.Runtime),
 		IgnoredExecutor: d.IgnoredExecutor,
 		RulesVersion:    d.RulesVersion,
+	}
+	if inflight >= 0 {
+		e.InFlight = &inflight
+	}
+	if wait != nil {
+		e.Wait = wait.Reason
 	}
 	if d.Bucket >= 0 {
 		bucket, pct := d.Bucket, float64(d.KataBasisPoints)/100
@@ -96,8 +107,13 @@ func reason(b weightage.Build, d weightage.Decision, e *Explanation) string {
 	if d.IgnoredExecutor != "" {
 		extra = append(extra, fmt.Sprintf("annotation executor=%q names no runtime and was ignored", d.IgnoredExecutor))
 	}
-	if e.Budget > 0 {
+	switch {
+	case e.Budget > 0 && e.InFlight == nil:
 		extra = append(extra, fmt.Sprintf("%s budget %d pods in flight (checked by the daemon, not here)", d.Runtime, e.Budget))
+	case e.Budget > 0 && *e.InFlight >= e.Budget:
+		extra = append(extra, fmt.Sprintf("WAITS: %s has %d pods in flight, at its budget of %d", d.Runtime, *e.InFlight, e.Budget))
+	case e.Budget > 0:
+		extra = append(extra, fmt.Sprintf("%s has %d of its budget of %d pods in flight", d.Runtime, *e.InFlight, e.Budget))
 	}
 	for _, x := range extra {
 		s += "; " + x

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/config"
 	"github.com/sdkata/queue-worker/internal/weightage"
 )
@@ -125,13 +126,68 @@ func TestExplain_SaysWhy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Explain(tt.b, tt.r).String()
+			got := decide(t, DeciderDeps{Rules: weightage.NewHolder(tt.r)}, tt.b).Explanation.String()
 			for _, w := range tt.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("explanation %q\nlacks %q", got, w)
 				}
 			}
 		})
+	}
+}
+
+// decide routes a weightage.Build as a start would, through the Decider.
+func decide(t *testing.T, deps DeciderDeps, b weightage.Build) Decision {
+	t.Helper()
+	cfg := &build.Config{BuildID: b.BuildID, JobID: b.JobID, PipelineID: b.PipelineID, Container: b.Image}
+	if b.Executor != "" {
+		cfg.Annotations = map[string]any{"screwdriver.cd/executor": b.Executor}
+	}
+	d, err := NewDecider(deps).Decide(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// inflight is a fixed count of pods in flight per runtime.
+type inflight map[weightage.Runtime]int
+
+func (f inflight) InFlight(rt weightage.Runtime) int { return f[rt] }
+
+// Budgets are checked with the live count: at the budget a start waits,
+// below it it runs; the explanation says which.
+func TestDecider_BudgetMakesAStartWait(t *testing.T) {
+	rules := weightage.NewHolder(mustRules(t, map[string]string{"WEIGHT_K8S": "100", "ROUTING_BUDGETS": `{"kata":10}`}))
+	b := weightage.Build{BuildID: 1, Image: "node:18"}
+	tests := []struct {
+		name     string
+		inflight int
+		wait     bool
+		says     string
+	}{
+		{"BelowBudgetRuns", 9, false, "kata has 9 of its budget of 10 pods in flight"},
+		{"AtBudgetWaits", 10, true, "WAITS: kata has 10 pods in flight, at its budget of 10"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := decide(t, DeciderDeps{Rules: rules, InFlight: inflight{weightage.Kata: tt.inflight}}, b)
+			if (d.Wait != nil) != tt.wait || tt.wait && d.Wait.Reason != WaitBudget {
+				t.Fatalf("wait %+v, want %v", d.Wait, tt.wait)
+			}
+			if got := d.Explanation.String(); !strings.Contains(got, tt.says) {
+				t.Fatalf("explanation %q lacks %q", got, tt.says)
+			}
+		})
+	}
+}
+
+// A paused runtime the build is tied to makes the start wait.
+func TestDecider_HeldBuildWaits(t *testing.T) {
+	rules := weightage.NewHolder(mustRules(t, map[string]string{"ROUTING_PAUSED": `["hyperd"]`}))
+	d := decide(t, DeciderDeps{Rules: rules}, weightage.Build{BuildID: 2, Image: "registry/rhel6:1"})
+	if d.Wait == nil || d.Wait.Reason != WaitPaused || !d.Held {
+		t.Fatalf("decision %+v", d)
 	}
 }
 
@@ -142,7 +198,7 @@ func (l learnedSet) Excluded(_ context.Context, image string) (bool, error) { re
 
 func TestHandler_DebugRoute(t *testing.T) {
 	learned := learnedSet{"registry/segfaults:1": true}
-	srv := httptest.NewServer(Handler(weightage.NewHolder(mustRules(t, map[string]string{"WEIGHT_K8S": "100"})), learned))
+	srv := httptest.NewServer(Handler(NewDecider(DeciderDeps{Rules: weightage.NewHolder(mustRules(t, map[string]string{"WEIGHT_K8S": "100"})), Learned: learned})))
 	defer srv.Close()
 	tests := []struct {
 		name       string

@@ -1,6 +1,6 @@
-// Package worker owns the dispatch of one resque job: decode its payload,
-// resolve ids-only jobs through the buildConfigs hash, route a start, ask the
-// executor for the pod (or delete the build's pods on stop), and settle the
-// job: ack on success, the failed list with the reason when retrying cannot
-// help, a bounded retry when it can.
+// Package worker owns the meaning of one resque job of the builds queue:
+// decode its payload, resolve ids-only jobs through the buildConfigs hash,
+// route and launch a start (or delete the build's pods on stop), report a
+// start that will never run, and say how it went as a queue.Outcome. The
+// queue package settles; the supervisor package follows the pod.
 package worker

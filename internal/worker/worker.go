@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/build"
+	"github.com/sdkata/queue-worker/internal/ciapi"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
@@ -21,9 +23,19 @@ import (
 const (
 	ClassStart = "start"
 	ClassStop  = "stop"
+	// ClassReport is our FAILURE report of a start that will never run,
+	// queued by the same script that writes the start to the failed list.
+	ClassReport = "report"
+	// ClassVerify is the follow-up job older versions queued after every
+	// start. Those still in Redis during a rolling upgrade ask the
+	// supervisor for a sync of their build and are acked.
+	ClassVerify = "verify"
 )
 
-// Executor is what the worker needs from the Kubernetes side.
+// Classes are the job classes the worker handles.
+var Classes = []string{ClassStart, ClassStop, ClassReport, ClassVerify}
+
+// Executor creates and deletes build pods.
 type Executor interface {
 	Start(ctx context.Context, b *build.Config, d weightage.Decision) (*executor.StartResult, error)
 	Stop(ctx context.Context, buildID int64) error
@@ -35,9 +47,9 @@ type ConfigStore interface {
 	Delete(ctx context.Context, buildID int64) error
 }
 
-// RulesSource returns the routing rules in force.
-type RulesSource interface {
-	Current() *weightage.Rules
+// Router takes the routing decision of a start.
+type Router interface {
+	Decide(ctx context.Context, b *build.Config) (routing.Decision, error)
 }
 
 // StopMarks record stops so that a start never outlives its build's stop,
@@ -47,330 +59,346 @@ type StopMarks interface {
 	Stopped(ctx context.Context, buildID, jobID int64) (bool, error)
 }
 
-// Worker handles deliveries from the queue.
+// Reporter sends the updates a job itself owes the CI API.
+type Reporter interface {
+	ReportFailure(ctx context.Context, apiURI string, buildID int64, token, msg string) error
+	ReportSuccessSkipped(ctx context.Context, apiURI string, buildID int64, token string) error
+}
+
+// Resyncer asks the pod supervisor to look at a build again.
+type Resyncer interface {
+	Resync(buildKey string)
+}
+
+// Deps are what the worker works with.
+type Deps struct {
+	Executor   Executor
+	Configs    ConfigStore
+	Router     Router
+	Marks      StopMarks
+	Reporter   Reporter
+	Supervisor Resyncer
+	Log        *zap.Logger
+	// Metrics may be nil (collectors not registered anywhere).
+	Metrics *Metrics
+}
+
+// Options tune the worker.
+type Options struct {
+	// Prefix is the executor prefix (EXECUTOR_PREFIX), part of a build's
+	// sdbuild label.
+	Prefix string
+	// HoldDelay is how long a start that cannot run now (its runtime paused
+	// or at its budget) waits before it is tried again: short enough that
+	// unpausing takes effect within seconds, long enough not to spin.
+	HoldDelay time.Duration
+	// UnavailableDelay is how long a job waits while a dependency (the
+	// Kubernetes API, the CI API) is unavailable.
+	UnavailableDelay time.Duration
+}
+
+// Worker handles the jobs of the builds queue: it decodes a job, resolves
+// ids-only jobs through the buildConfigs hash, routes and launches a start
+// (or deletes the build's pods on stop), and says how it went; the queue
+// settles. What happens to a pod after it exists is the supervisor's.
 type Worker struct {
-	exec    Executor
-	configs ConfigStore
-	rules   RulesSource
-	marks   StopMarks
-	// inflight counts pods for the routing budgets; nil = not enforced.
-	inflight InFlightCounter
-	// verify, CI API reporting and fallback; nil verifier = off (SetVerify).
-	verifier   Verifier
-	reporter   Reporter
-	learned    Learned
-	verifyOpts VerifyOptions
-	log        *zap.Logger
-	metrics    *Metrics
+	deps Deps
+	opts Options
+	log  *zap.Logger
+	m    *Metrics
 }
 
-type queueJob = queue.Job
-
-// New returns a worker. metrics may be nil.
-func New(exec Executor, configs ConfigStore, rules RulesSource, marks StopMarks, log *zap.Logger, metrics *Metrics) *Worker {
-	if metrics == nil {
-		metrics = NewMetrics(nil)
+// New returns a worker.
+func New(deps Deps, opts Options) *Worker {
+	if deps.Metrics == nil {
+		deps.Metrics = NewMetrics(nil)
 	}
-	return &Worker{exec: exec, configs: configs, rules: rules, marks: marks, log: log, metrics: metrics}
+	if opts.HoldDelay <= 0 {
+		opts.HoldDelay = 10 * time.Second
+	}
+	if opts.UnavailableDelay <= 0 {
+		opts.UnavailableDelay = 10 * time.Second
+	}
+	return &Worker{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics}
 }
 
-// permanentError is a failure no retry can fix; exception becomes the
-// failed-list entry's exception name.
-type permanentError struct {
-	exception string
-	err       error
-}
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
-func permanent(exception string, err error) error {
-	return &permanentError{exception: exception, err: err}
-}
-
-// Handle works one job and settles it.
-func (w *Worker) Handle(ctx context.Context, d *queue.Delivery) {
-	start := time.Now()
-	class := classLabel(d.Job.Class)
-	log := w.log.With(zap.String("class", d.Job.Class), zap.String("queue", d.Job.Queue))
-
-	next, err := w.dispatch(ctx, d.Job, log)
-	w.metrics.Duration.WithLabelValues(class).Observe(time.Since(start).Seconds())
-
-	if err == nil && next != nil {
-		if ferr := d.FollowUp(ctx, next.class, next.args, next.delay); ferr != nil {
-			log.Error("scheduling the follow-up failed; the job stays in flight for recovery", zap.String("follow_up", next.class), zap.Error(ferr))
-			return
-		}
-		w.metrics.Jobs.WithLabelValues(class, "succeeded").Inc()
-		return
-	}
-	if err == nil {
-		if aerr := d.Ack(ctx); aerr != nil {
-			log.Error("job done but ack failed; it will be redelivered (idempotent)", zap.Error(aerr))
-		}
-		w.metrics.Jobs.WithLabelValues(class, "succeeded").Inc()
-		return
-	}
-	if ctx.Err() != nil {
-		// Shutting down past the grace period: the job goes back, not to the failed list.
-		if rerr := d.Requeue(context.WithoutCancel(ctx)); rerr != nil {
-			log.Error("returning an interrupted job failed; it stays in flight", zap.Error(rerr))
-		}
-		w.metrics.Jobs.WithLabelValues(class, "requeued").Inc()
-		return
-	}
-	if errors.Is(err, breaker.ErrOpen) {
-		// A dependency is down: the job waits, it is not failed.
-		err = &delayError{reason: "dependency-unavailable", msg: err.Error()}
-	}
-	var held *delayError
-	if errors.As(err, &held) {
-		w.delay(ctx, d, held, class, log)
-		return
-	}
-	var perm *permanentError
-	if errors.As(err, &perm) {
-		log.Error("job cannot succeed; writing it to the failed list", zap.String("reason", err.Error()), zap.String("exception", perm.exception))
-		if ferr := d.Fail(ctx, perm.exception, err); ferr != nil {
-			log.Error("writing the failed job failed; it stays in flight for recovery", zap.Error(ferr))
-		}
-		w.metrics.Jobs.WithLabelValues(class, "failed").Inc()
-		return
-	}
-	retried, rerr := d.Retry(ctx, "Error", err)
-	switch {
-	case rerr != nil:
-		log.Error("re-queueing a failed attempt failed; it stays in flight for recovery", zap.String("reason", err.Error()), zap.Error(rerr))
-	case retried:
-		log.Warn("job attempt failed; re-queued with backoff", zap.String("reason", err.Error()), zap.Int("attempt", d.Job.Attempt+1))
-		w.metrics.Jobs.WithLabelValues(class, "retried").Inc()
-	default:
-		log.Error("job failed after its last retry; written to the failed list", zap.String("reason", err.Error()))
-		w.metrics.Jobs.WithLabelValues(class, "failed").Inc()
-	}
-}
-
-func (w *Worker) dispatch(ctx context.Context, j *queue.Job, log *zap.Logger) (*followUp, error) {
+// Handle works one job.
+func (w *Worker) Handle(ctx context.Context, j *queue.Job) queue.Outcome {
+	log := w.log.With(zap.String("class", j.Class), zap.String("queue", j.Queue))
 	switch j.Class {
 	case ClassStart:
 		return w.start(ctx, j, log)
 	case ClassStop:
-		return nil, w.stop(ctx, j, log)
+		return w.stop(ctx, j, log)
+	case ClassReport:
+		return w.report(ctx, j, log)
 	case ClassVerify:
-		payload, err := j.Payload()
-		if err != nil {
-			return nil, permanent("InvalidPayload", err)
-		}
-		return w.verify(ctx, payload, log)
-	default:
-		// node-resque's own message for a class it has no job for.
-		//lint:ignore ST1005 resque tooling users know this exact wording
-		return nil, permanent("Error", fmt.Errorf("No job defined for class %q", j.Class))
+		return w.verify(j)
 	}
+	// node-resque's own message for a class it has no job for.
+	//lint:ignore ST1005 resque tooling users know this exact wording
+	return queue.Fail("Error", fmt.Errorf("No job defined for class %q", j.Class))
+}
+
+// postpone puts a job back while a dependency is unavailable: nothing is
+// wrong with the job itself.
+func (w *Worker) postpone(err error) queue.Outcome {
+	w.m.Delayed.WithLabelValues("", "dependency-unavailable").Inc()
+	return queue.Postpone(w.opts.UnavailableDelay, "dependency unavailable: "+err.Error())
+}
+
+// kubeFailed maps a Kubernetes error: an open breaker postpones, a rejected
+// object (forbidden, invalid) fails at once, anything else is retried.
+func (w *Worker) kubeFailed(err error, exception string) queue.Outcome {
+	switch {
+	case errors.Is(err, breaker.ErrOpen):
+		return w.postpone(err)
+	case executor.Permanent(err):
+		return queue.Fail(exception, err)
+	}
+	return queue.Retry(err)
+}
+
+// ciFailed maps a CI API error: unavailable (breaker open, transport, 5xx)
+// postpones, rejected (401/403/404) fails at once.
+func (w *Worker) ciFailed(err error) queue.Outcome {
+	switch {
+	case ciapi.IsRejected(err):
+		return queue.Fail("CIAPIRejected", err)
+	case ciapi.IsUnavailable(err):
+		return w.postpone(err)
+	}
+	return queue.Retry(err)
 }
 
 // buildConfig decodes args[0] and, for queue-service's ids-only form, loads
 // the full config from the buildConfigs hash. forStart: a missing hash entry
 // is fatal for start; stop can work from the ids alone.
-func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (*build.Config, error) {
+func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (*build.Config, *queue.Outcome) {
 	payload, err := j.Payload()
 	if err != nil {
-		return nil, permanent("InvalidPayload", err)
+		o := queue.Fail("InvalidPayload", err)
+		return nil, &o
 	}
 	args, err := build.Decode(payload)
 	if err != nil {
-		return nil, permanent("InvalidPayload", fmt.Errorf("decoding args[0]: %w", err))
+		o := queue.Fail("InvalidPayload", fmt.Errorf("decoding args[0]: %w", err))
+		return nil, &o
 	}
 	if !args.IDsOnly() || args.BuildID <= 0 {
 		return args, nil
 	}
-	raw, err := w.configs.Get(ctx, args.BuildID)
+	raw, err := w.deps.Configs.Get(ctx, args.BuildID)
 	switch {
 	case errors.Is(err, queue.ErrNoBuildConfig):
 		if !forStart {
 			return args, nil
 		}
-		return nil, permanent("MissingBuildConfig", err)
+		o := queue.Fail("MissingBuildConfig", err)
+		return nil, &o
 	case err != nil:
-		return nil, err
+		o := queue.Retry(err)
+		return nil, &o
 	}
 	full, err := build.Decode(raw)
 	if err != nil {
-		return nil, permanent("InvalidBuildConfig", fmt.Errorf("decoding buildConfigs entry of build %d: %w", args.BuildID, err))
+		o := queue.Fail("InvalidBuildConfig", fmt.Errorf("decoding buildConfigs entry of build %d: %w", args.BuildID, err))
+		return nil, &o
 	}
 	full.MergeIDs(args)
 	return full, nil
 }
 
-func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) (*followUp, error) {
-	b, err := w.buildConfig(ctx, j, true)
-	if err != nil {
-		return nil, err
+func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) queue.Outcome {
+	b, bad := w.buildConfig(ctx, j, true)
+	if bad != nil {
+		return *bad
 	}
 	if err := b.ValidateStart(); err != nil {
-		return nil, permanent("InvalidPayload", err)
+		return queue.Fail("InvalidPayload", err)
 	}
-	log = log.With(zap.Int64("build_id", b.BuildID), zap.Int64("job_id", b.JobID))
-	if stopped, err := w.marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
-		return nil, err
+	out := w.launch(ctx, b, log.With(zap.Int64("build_id", b.BuildID), zap.Int64("job_id", b.JobID)))
+	// A valid start that ends in the failed list leaves a build the CI
+	// shows as QUEUED: the same settle queues its FAILURE report. (A start
+	// without a usable config has no token to report with.)
+	msg := "Build failed to start"
+	if err := out.Err(); err != nil {
+		msg += ": " + err.Error()
+	}
+	return out.ReportDeadLetter(queue.NewJob{Class: ClassReport, Args: []any{j.Args[0], reportArgs{Message: msg}}})
+}
+
+func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) queue.Outcome {
+	if stopped, err := w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+		return queue.Retry(err)
 	} else if stopped {
 		log.Info("build was stopped before it started; not launching it")
-		return nil, nil
+		return queue.Done()
 	}
 	if b.VirtualJob {
 		// queue-service's consumer skips the executor for virtual jobs.
-		if w.reporter != nil {
-			if err := w.classifyReport(w.reporter.ReportSuccessSkipped(ctx, b.APIURI, b.BuildID, b.Token)); err != nil {
-				return nil, err
-			}
+		if err := w.deps.Reporter.ReportSuccessSkipped(ctx, b.APIURI, b.BuildID, b.Token); err != nil {
+			return w.ciFailed(err)
 		}
 		log.Info("virtual job: nothing to launch")
-		return nil, nil
+		return queue.Done()
 	}
-	in := routing.Input(b)
-	if w.learned != nil {
-		if in.LearnedExcluded, err = w.learned.Excluded(ctx, b.Container); err != nil {
-			return nil, err
-		}
+	d, err := w.deps.Router.Decide(ctx, b)
+	if err != nil {
+		return queue.Retry(err)
 	}
-	rules := w.rules.Current() // one rule set for the route and its budget
-	d := weightage.Route(in, rules)
 	if d.IgnoredExecutor != "" {
 		log.Warn("executor annotation names no known executor; routing by the other rules", zap.String("executor", d.IgnoredExecutor))
 	}
-	if err := w.admit(ctx, rules, d); err != nil {
-		return nil, err
+	if d.Wait != nil {
+		w.m.Delayed.WithLabelValues(string(d.Runtime), d.Wait.Reason).Inc()
+		log.Info("start waits", zap.String("runtime", string(d.Runtime)), zap.String("reason", d.Wait.Message))
+		return queue.Postpone(w.opts.HoldDelay, d.Wait.Message)
 	}
-	res, err := w.exec.Start(ctx, b, d)
+	res, err := w.deps.Executor.Start(ctx, b, d.Decision)
 	if err != nil {
-		if executor.Permanent(err) {
-			return nil, permanent("PodRejected", err)
-		}
-		return nil, err
+		return w.kubeFailed(err, "PodRejected")
 	}
 	if res.Created {
-		w.metrics.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
+		w.m.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
 		if d.Rule == weightage.RuleExcluded {
-			w.metrics.ExclusionHits.WithLabelValues(d.Pattern).Inc()
+			w.m.ExclusionHits.WithLabelValues(d.Pattern).Inc()
 		}
 		// A stop handled while we were creating may have found no pod to
 		// delete: look again now that the pod exists.
-		if stopped, err := w.undoIfStopped(ctx, b.BuildID, b.JobID, log); stopped || err != nil {
-			return nil, err
+		if stopped, err := w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+			return queue.Retry(err)
+		} else if stopped {
+			log.Info("build was stopped while its pod was being created; deleting its pods")
+			if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
+				return w.kubeFailed(err, "StopRejected")
+			}
+			return queue.Done()
 		}
 	}
 	log.Info("build started",
 		zap.String("runtime", string(res.Runtime)),
 		zap.String("rule", string(d.Rule)),
-		zap.String("matched_pattern", d.Pattern),
-		zap.Int("bucket", d.Bucket),
-		zap.String("pod", res.Pod.Name),
+		zap.String("reason", d.Explanation.Reason),
+		zap.String("pod", res.Pod),
 		zap.Bool("created", res.Created))
-	return w.verifyAfterStart(b, res, 0), nil
+	return queue.Done()
 }
 
-func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) error {
-	b, err := w.buildConfig(ctx, j, false)
-	if err != nil {
-		return err
+func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) queue.Outcome {
+	b, bad := w.buildConfig(ctx, j, false)
+	if bad != nil {
+		return *bad
 	}
 	if err := b.ValidateStop(); err != nil {
-		return permanent("InvalidPayload", err)
+		return queue.Fail("InvalidPayload", err)
 	}
 	log = log.With(zap.Int64("build_id", b.BuildID))
 	// Mark first: a start of this build handled from now on, anywhere, sees it.
-	if err := w.marks.MarkStopped(ctx, b.BuildID); err != nil {
-		return err
+	if err := w.deps.Marks.MarkStopped(ctx, b.BuildID); err != nil {
+		return queue.Retry(err)
 	}
-	if b.Started != nil && !*b.Started {
-		log.Info("stop of a build that never started; nothing to delete")
-	} else if err := w.exec.Stop(ctx, b.BuildID); err != nil {
-		if executor.Permanent(err) {
-			return permanent("StopRejected", err)
-		}
-		return err
+	// Always delete by label, even for started:false: a start redelivered
+	// with its original bytes may have made a pod the stop's sender never
+	// heard of. Deleting nothing is cheap.
+	if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
+		return w.kubeFailed(err, "StopRejected")
 	}
 	// queue-service's stop drops the build's config; we own that consumer role.
-	if err := w.configs.Delete(ctx, b.BuildID); err != nil {
+	if err := w.deps.Configs.Delete(ctx, b.BuildID); err != nil {
 		log.Warn("build stopped but its buildConfigs entry could not be deleted", zap.Error(err))
 	}
 	log.Info("build stopped")
-	return nil
+	return queue.Done()
 }
 
-// undoIfStopped deletes a build's pods if the build was stopped meanwhile:
-// a stop handled while we were creating a pod may have found none to
-// delete, so look again once the pod exists.
-func (w *Worker) undoIfStopped(ctx context.Context, buildID, jobID int64, log *zap.Logger) (bool, error) {
-	stopped, err := w.marks.Stopped(ctx, buildID, jobID)
-	if err != nil || !stopped {
-		return false, err
-	}
-	log.Info("build was stopped while its pod was being created; deleting its pods")
-	return true, w.exec.Stop(ctx, buildID)
+// reportArgs is args[1] of a report job; args[0] is the start's own args[0].
+type reportArgs struct {
+	Message string `json:"message"`
 }
 
-// classLabel keeps the class metric label bounded.
-func classLabel(c string) string {
-	if c == ClassStart || c == ClassStop || c == ClassVerify {
-		return c
+// report sends the FAILURE of a start that will never run. While the CI API
+// is unavailable it waits; it never gives up silently.
+func (w *Worker) report(ctx context.Context, j *queue.Job, log *zap.Logger) queue.Outcome {
+	var a reportArgs
+	if len(j.Args) != 2 || json.Unmarshal(j.Args[1], &a) != nil || a.Message == "" {
+		return queue.Fail("InvalidPayload", errors.New("a report job needs [buildConfig, {\"message\": ...}]"))
 	}
-	return "other"
+	b, bad := w.buildConfig(ctx, j, true)
+	if bad != nil {
+		return *bad
+	}
+	log = log.With(zap.Int64("build_id", b.BuildID))
+	if stopped, err := w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+		return queue.Retry(err)
+	} else if stopped {
+		log.Info("build was stopped; its failed start is not reported")
+		return queue.Done()
+	}
+	if b.Token == "" || b.APIURI == "" {
+		return queue.Fail("CannotReport", fmt.Errorf("build %d has no token or apiUri to report its failed start with", b.BuildID))
+	}
+	if err := w.deps.Reporter.ReportFailure(ctx, b.APIURI, b.BuildID, b.Token, a.Message); err != nil {
+		return w.ciFailed(err)
+	}
+	log.Info("reported the failed start to the CI API", zap.String("reason", a.Message))
+	return queue.Done()
+}
+
+// verify handles an older version's follow-up job: the supervisor now
+// watches every build pod, so all that is left is a sync of the build.
+func (w *Worker) verify(j *queue.Job) queue.Outcome {
+	payload, err := j.Payload()
+	if err != nil {
+		return queue.Fail("InvalidPayload", err)
+	}
+	var a struct {
+		BuildID int64 `json:"buildId"`
+	}
+	if err := json.Unmarshal(payload, &a); err != nil || a.BuildID <= 0 {
+		return queue.Fail("InvalidPayload", fmt.Errorf("decoding verify args: %v", err))
+	}
+	w.deps.Supervisor.Resync(executor.BuildLabel(w.opts.Prefix, a.BuildID))
+	return queue.Done()
 }
 
 // Metrics are the worker's collectors.
 type Metrics struct {
-	Jobs      *prometheus.CounterVec
 	Decisions *prometheus.CounterVec
-	Duration  *prometheus.HistogramVec
 	// ExclusionHits counts created pods per matched exclusion pattern.
 	ExclusionHits *prometheus.CounterVec
 	// Delayed counts starts put back because their runtime was paused or
-	// at its budget.
+	// at its budget, or a dependency was unavailable.
 	Delayed *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "queue_worker", Name: "jobs_total",
-			Help: "Jobs handled by class (start, stop, verify, other) and outcome (succeeded, retried, delayed, failed, requeued).",
-		}, []string{"class", "outcome"}),
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_decisions_total",
 			Help: "Routing decisions that created a pod, by runtime and rule.",
 		}, []string{"runtime", "rule"}),
-		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: "queue_worker", Name: "job_duration_seconds",
-			Help:    "Time to handle one attempt of a job.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
-		}, []string{"class"}),
 		ExclusionHits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_exclusion_hits_total",
 			Help: "Pods created on hyperd because the image matched an exclusion, by pattern.",
 		}, []string{"pattern"}),
 		Delayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "queue_worker", Name: "routing_delayed_total",
-			Help: "Jobs delayed, not failed: runtime paused (reason paused), at its budget of pods in flight (budget), or a dependency unavailable (dependency-unavailable, ci-api-unavailable; runtime empty).",
+			Help: "Jobs delayed, not failed: runtime paused (reason paused), at its budget of pods in flight (budget), or a dependency unavailable (dependency-unavailable; runtime empty).",
 		}, []string{"runtime", "reason"}),
-	}
-	for _, c := range []string{ClassStart, ClassStop, ClassVerify, "other"} {
-		for _, o := range []string{"succeeded", "retried", "failed", "requeued", "delayed"} {
-			m.Jobs.WithLabelValues(c, o)
-		}
 	}
 	for _, rt := range weightage.AllRuntimes {
 		for _, r := range weightage.AllRules {
 			m.Decisions.WithLabelValues(string(rt), string(r))
 		}
-		for _, reason := range []string{"paused", "budget"} {
+		for _, reason := range []string{routing.WaitPaused, routing.WaitBudget} {
 			m.Delayed.WithLabelValues(string(rt), reason)
 		}
 	}
+	m.Delayed.WithLabelValues("", "dependency-unavailable")
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.Decisions, m.Duration, m.ExclusionHits, m.Delayed)
+		reg.MustRegister(m.Decisions, m.ExclusionHits, m.Delayed)
 	}
 	return m
 }

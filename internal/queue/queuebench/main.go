@@ -63,26 +63,27 @@ func run(addr string, db, n, c int, cpuprofile string) error {
 		return err
 	}
 
-	consumer, err := queue.NewConsumer(rdb, keys, queue.Options{
+	consumer, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: zap.NewNop()}, queue.Options{
 		Queues:           []string{"builds"},
 		Concurrency:      c,
 		WorkerName:       "bench:" + strconv.Itoa(os.Getpid()),
 		BlockTimeout:     time.Second,
 		OperationTimeout: 5 * time.Second,
 		DrainTimeout:     5 * time.Second,
-	}, zap.NewNop(), nil)
+	})
 	if err != nil {
 		return err
 	}
 	var acked atomic.Int64
 	done := make(chan struct{})
-	handler := queue.HandlerFunc(func(ctx context.Context, d *queue.Delivery) {
-		if err := d.Ack(ctx); err != nil {
-			log.Fatalf("ack: %v", err)
-		}
+	// Counted when the handler returns Done: the settle follows (one script
+	// call, which also takes the next job), so the N-th settle is at most one
+	// round trip after done closes, and Run's drain waits for it.
+	handler := queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome {
 		if acked.Add(1) == int64(n) {
 			close(done)
 		}
+		return queue.Done()
 	})
 
 	if cpuprofile != "" {

@@ -1,4 +1,4 @@
-package worker_test
+package supervisor_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/testbed"
+	"github.com/sdkata/queue-worker/internal/testbed/stack"
 	"github.com/sdkata/queue-worker/internal/weightage"
 )
 
@@ -58,9 +59,9 @@ func hasHostname(reqs []testbed.CIRequest) bool {
 	return false
 }
 
-// TestVerify_FailureMatrix: each scenario produces exactly the expected CI
+// TestSupervisor_FailureMatrix: each scenario produces exactly the expected CI
 // calls and pods; fallback relaunches once, only for runtime failures.
-func TestVerify_FailureMatrix(t *testing.T) {
+func TestSupervisor_FailureMatrix(t *testing.T) {
 	tests := []struct {
 		name        string
 		annotations map[string]string // on Kata pods
@@ -87,20 +88,20 @@ func TestVerify_FailureMatrix(t *testing.T) {
 			if tt.annotations != nil {
 				env["K8S_ANNOTATIONS"] = kataAnnotations(tt.annotations)
 			}
-			b := startBedWith(t, env, true)
+			b := stack.Start(t, stack.Options{Env: env, Supervise: true})
 			id := int64(7000 + i)
-			b.enqueueStart(t, id, "registry.example/app:"+strings.ToLower(tt.name), nil)
+			b.EnqueueStart(t, id, "registry.example/app:"+strings.ToLower(tt.name), nil)
 			t.Cleanup(func() {
 				var pods []string
-				for _, p := range b.pods(t, id) {
+				for _, p := range b.Pods(t, id) {
 					pods = append(pods, p.Name+"("+p.Labels[executor.LabelRuntime]+","+string(p.Status.Phase)+")")
 				}
-				t.Logf("matrix: %s → CI calls %v; pods %v", tt.name, bodies(b.ci.RequestsFor(id)), pods)
+				t.Logf("matrix: %s → CI calls %v; pods %v", tt.name, bodies(b.CI.RequestsFor(id)), pods)
 			})
 
 			switch {
 			case tt.failure != "":
-				reqs := b.ci.WaitFor(t, id, hasFailure, 30*time.Second)
+				reqs := b.CI.WaitFor(t, id, hasFailure, 30*time.Second)
 				var msg string
 				n := 0
 				for _, r := range reqs {
@@ -115,13 +116,13 @@ func TestVerify_FailureMatrix(t *testing.T) {
 				if n != 1 || !strings.Contains(msg, tt.failure) {
 					t.Fatalf("FAILURE calls %d, message %q, want one containing %q; calls %v", n, msg, tt.failure, bodies(reqs))
 				}
-				if pods := b.pods(t, id); len(pods) != 1 || pods[0].Labels[executor.LabelRuntime] != "kata" {
+				if pods := b.Pods(t, id); len(pods) != 1 || pods[0].Labels[executor.LabelRuntime] != "kata" {
 					t.Fatalf("pods after a non-runtime failure: %d (no fallback expected)", len(pods))
 				}
 			case tt.fallback:
 				var hyperd *corev1.Pod
 				testbed.Eventually(t, 30*time.Second, "fallback pod running on hyperd", func() bool {
-					for _, p := range b.pods(t, id) {
+					for _, p := range b.Pods(t, id) {
 						if p.Labels[executor.LabelRuntime] == "hyperd" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
 							hyperd = &p
 							return true
@@ -132,27 +133,27 @@ func TestVerify_FailureMatrix(t *testing.T) {
 				if hyperd.Annotations[executor.AnnotationRule] != "fallback" || !strings.HasSuffix(hyperd.Name, "-r1") {
 					t.Fatalf("relaunch %s rule %q", hyperd.Name, hyperd.Annotations[executor.AnnotationRule])
 				}
-				reqs := b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+				reqs := b.CI.WaitFor(t, id, hasHostname, 30*time.Second)
 				if hasFailure(reqs) {
 					t.Fatalf("a fallen-back build must not be reported FAILURE: %v", bodies(reqs))
 				}
-				testbed.Eventually(t, 15*time.Second, "kata pod deleted", func() bool { return len(b.pods(t, id)) == 1 })
+				testbed.Eventually(t, 15*time.Second, "kata pod deleted", func() bool { return len(b.Pods(t, id)) == 1 })
 				// The learned exclusion sends the next build of that image to hyperd.
 				next := id + 100
-				b.enqueueStart(t, next, "registry.example/app:"+strings.ToLower(tt.name), nil)
-				p := b.waitPod(t, next)
+				b.EnqueueStart(t, next, "registry.example/app:"+strings.ToLower(tt.name), nil)
+				p := b.WaitPod(t, next)
 				if p.Labels[executor.LabelRuntime] != "hyperd" || p.Annotations[executor.AnnotationRule] != "learned-exclusion" {
 					t.Fatalf("next build of the image: runtime %s rule %s", p.Labels[executor.LabelRuntime], p.Annotations[executor.AnnotationRule])
 				}
 				// Exactly one relaunch: the build keeps a single pod, its relaunch.
 				time.Sleep(2 * time.Second)
-				if n := len(b.pods(t, id)); n != 1 {
+				if n := len(b.Pods(t, id)); n != 1 {
 					t.Fatalf("build %d has %d pods, want the single relaunch", id, n)
 				}
 			default:
-				b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+				b.CI.WaitFor(t, id, hasHostname, 30*time.Second)
 				time.Sleep(4 * time.Second) // past the early-exit window: verify is done
-				reqs := b.ci.RequestsFor(id)
+				reqs := b.CI.RequestsFor(id)
 				if hasFailure(reqs) || len(reqs) != 1 {
 					t.Fatalf("success must give exactly one hostname call, got %v", bodies(reqs))
 				}
@@ -163,15 +164,15 @@ func TestVerify_FailureMatrix(t *testing.T) {
 
 // A sandbox failure shows only as a pod event; the watcher sees it and the
 // build falls back to hyperd.
-func TestVerify_SandboxEventFallsBack(t *testing.T) {
+func TestSupervisor_SandboxEventFallsBack(t *testing.T) {
 	env := map[string]string{"WEIGHT_K8S": "100", "K8S_ANNOTATIONS": kataAnnotations(map[string]string{"waiting-reason": "ContainerCreating"})}
-	b := startBedWith(t, env, true)
+	b := stack.Start(t, stack.Options{Env: env, Supervise: true})
 	const id = 7200
-	b.enqueueStart(t, id, "registry.example/sandbox:1", nil)
-	pod := b.waitPod(t, id)
-	_, err := b.kube.CoreV1().Events(b.ns).Create(context.Background(), &corev1.Event{
-		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + ".sandbox", Namespace: b.ns},
-		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: pod.Name, Namespace: b.ns, UID: pod.UID},
+	b.EnqueueStart(t, id, "registry.example/sandbox:1", nil)
+	pod := b.WaitPod(t, id)
+	_, err := b.Kube.CoreV1().Events(b.NS).Create(context.Background(), &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + ".sandbox", Namespace: b.NS},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: pod.Name, Namespace: b.NS, UID: pod.UID},
 		Reason:         "FailedCreatePodSandBox", Type: corev1.EventTypeWarning,
 		Message: `Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: no runtime for "kata" is configured`,
 		Source:  corev1.EventSource{Component: "kubelet"},
@@ -180,28 +181,28 @@ func TestVerify_SandboxEventFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	testbed.Eventually(t, 30*time.Second, "fallback pod on hyperd", func() bool {
-		for _, p := range b.pods(t, id) {
+		for _, p := range b.Pods(t, id) {
 			if p.Labels[executor.LabelRuntime] == "hyperd" && p.Annotations[executor.AnnotationRule] == "fallback" {
 				return true
 			}
 		}
 		return false
 	})
-	if hasFailure(b.ci.RequestsFor(id)) {
+	if hasFailure(b.CI.RequestsFor(id)) {
 		t.Fatal("sandbox fallback reported FAILURE")
 	}
 }
 
 // A redelivered start (the same job twice) never makes a second pod, and the
 // token appears nowhere in the pod.
-func TestVerify_RedeliveredStartKeepsOnePod(t *testing.T) {
-	b := startBedWith(t, map[string]string{"WEIGHT_K8S": "100"}, true)
+func TestSupervisor_RedeliveredStartKeepsOnePod(t *testing.T) {
+	b := stack.Start(t, stack.Options{Env: map[string]string{"WEIGHT_K8S": "100"}, Supervise: true})
 	const id = 7300
-	b.enqueueStart(t, id, "node:18", nil)
-	b.enqueueStart(t, id, "node:18", nil)
-	b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
+	b.EnqueueStart(t, id, "node:18", nil)
+	b.EnqueueStart(t, id, "node:18", nil)
+	b.CI.WaitFor(t, id, hasHostname, 30*time.Second)
 	time.Sleep(2 * time.Second)
-	pods := b.pods(t, id)
+	pods := b.Pods(t, id)
 	if len(pods) != 1 {
 		t.Fatalf("%d pods for a redelivered start", len(pods))
 	}
@@ -213,53 +214,43 @@ func TestVerify_RedeliveredStartKeepsOnePod(t *testing.T) {
 
 // An unreachable CI API delays verify instead of failing the build; once
 // the API is back the report goes through.
-func TestVerify_CIAPIDownDelaysNotFails(t *testing.T) {
-	b := startBedWith(t, map[string]string{"WEIGHT_K8S": "100"}, true)
-	b.ci.Down()
+func TestSupervisor_CIAPIDownDelaysNotFails(t *testing.T) {
+	b := stack.Start(t, stack.Options{Env: map[string]string{"WEIGHT_K8S": "100"}, Supervise: true})
+	b.CI.Down()
 	const id = 7400
-	b.enqueueStart(t, id, "node:18", nil)
-	b.waitPod(t, id)
+	b.EnqueueStart(t, id, "node:18", nil)
+	b.WaitPod(t, id)
 	time.Sleep(3 * time.Second)
-	if n, _ := b.rdb.LLen(context.Background(), b.keys.Failed()).Result(); n != 0 {
+	if n, _ := b.Redis.LLen(context.Background(), b.Keys.Failed()).Result(); n != 0 {
 		t.Fatalf("%d jobs failed while the CI API was down", n)
 	}
-	b.ci.Up()
-	b.ci.WaitFor(t, id, hasHostname, 60*time.Second)
+	b.CI.Up()
+	b.CI.WaitFor(t, id, hasHostname, 60*time.Second)
 }
 
-// A fallback interrupted after its relaunch (the process died before its
-// follow-up was written) runs the Kata pod's verify again: it must carry on
-// with the relaunch, not report the build as failed or relaunch twice.
-func TestVerify_InterruptedFallbackResumesOnTheRelaunch(t *testing.T) {
-	b := startBedWith(t, map[string]string{"WEIGHT_K8S": "100"}, true)
+// A fallback interrupted after its relaunch (the leader died before it
+// deleted the Kata pod) is finished by whoever leads next: the relaunch
+// supersedes the Kata pod, which is deleted; nothing is reported FAILURE
+// and nothing is relaunched twice.
+func TestSupervisor_InterruptedFallbackIsFinished(t *testing.T) {
+	b := stack.Start(t, stack.Options{Env: map[string]string{"WEIGHT_K8S": "100"}, Supervise: true})
 	const id = 7500
-	b.enqueueStart(t, id, "node:18", nil)
-	b.ci.WaitFor(t, id, hasHostname, 30*time.Second)
-	kata := b.waitPod(t, id)
-	// Do by hand what fallback did before the "crash": relaunch on hyperd,
-	// delete the Kata pod.
-	cfg := &build.Config{BuildID: id, JobID: id * 10, Container: "node:18", APIURI: b.apiURI, Token: "jwt-7500", Pipeline: &build.Pipeline{ID: 42}}
+	b.EnqueueStart(t, id, "node:18", nil)
+	b.CI.WaitFor(t, id, hasHostname, 30*time.Second)
+	// Do by hand what a fallback did before the "crash": the relaunch on
+	// hyperd exists, the Kata pod is still there.
+	cfg := &build.Config{BuildID: id, JobID: id * 10, Container: "node:18", APIURI: b.APIURI, Token: "jwt-7500", Pipeline: &build.Pipeline{ID: 42}}
 	d := weightage.Decision{Runtime: weightage.Hyperd, Rule: weightage.RuleFallback, Bucket: -1}
-	if _, err := b.exec.StartAttempt(context.Background(), cfg, d, 1); err != nil {
+	if _, err := b.Exec.StartAttempt(context.Background(), cfg, d, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.exec.DeletePod(context.Background(), kata.Name); err != nil {
-		t.Fatal(err)
-	}
-	// The verify job of the Kata pod comes back (recovered or retried).
-	args, _ := json.Marshal(map[string]any{"buildId": id, "pod": kata.Name, "runtime": "kata", "attempt": 0,
-		"since": time.Now().Add(-time.Minute).UnixMilli(), "reportedHost": true, "build": cfg})
-	b.push(t, `{"class":"verify","queue":"`+b.prefix+`builds","args":[`+string(args)+`]}`)
-	reqs := b.ci.WaitFor(t, id, func(r []testbed.CIRequest) bool { return len(r) >= 2 }, 30*time.Second)
-	if hasFailure(reqs) {
-		t.Fatalf("interrupted fallback reported FAILURE: %v", bodies(reqs))
-	}
-	time.Sleep(2 * time.Second)
-	pods := b.pods(t, id)
-	if len(pods) != 1 || !strings.HasSuffix(pods[0].Name, "-r1") {
-		t.Fatalf("pods %d (want only the relaunch)", len(pods))
-	}
-	if hasFailure(b.ci.RequestsFor(id)) {
-		t.Fatal("FAILURE reported after resuming")
+	testbed.Eventually(t, 15*time.Second, "only the relaunch left", func() bool {
+		pods := b.Pods(t, id)
+		return len(pods) == 1 && strings.HasSuffix(pods[0].Name, "-r1")
+	})
+	reqs := b.CI.WaitFor(t, id, func(r []testbed.CIRequest) bool { return len(r) >= 2 }, 30*time.Second)
+	time.Sleep(time.Second)
+	if reqs = b.CI.RequestsFor(id); hasFailure(reqs) || len(reqs) != 2 {
+		t.Fatalf("want one hostname report per pod and no FAILURE: %v", bodies(reqs))
 	}
 }

@@ -1,4 +1,4 @@
-package executor
+package supervisor
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/sdkata/queue-worker/internal/executor"
 )
 
 // State is where a build pod stands, as verify sees it.
@@ -58,6 +60,9 @@ type Verdict struct {
 	Pod       string
 	// Since is when the pod started running (StateRunning).
 	Since time.Time
+	// Until is when a pending verdict turns by time alone (a grace or the
+	// pending timeout ends) with no new event; zero when it cannot.
+	Until time.Time
 }
 
 // AssessOptions tune the judgement.
@@ -77,9 +82,17 @@ var (
 		"ErrImageNeverPull": true, "ImageInspectError": true, "RegistryUnavailable": true}
 	// Reasons that never pass by waiting.
 	immediateImageReasons = map[string]bool{"InvalidImageName": true, "ErrImageNeverPull": true}
-	runtimeReasons        = map[string]bool{"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true,
+	// The kubelet reports a missing Secret as CreateContainerConfigError.
+	configErrorReason = "CreateContainerConfigError"
+	runtimeReasons    = map[string]bool{"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true,
 		"RunContainerError": true, "StartError": true, "PreStartHookError": true, "PostStartHookError": true, "ContainerCannotRun": true}
 )
+
+// tokenSecretGrace is how long a pod may wait for its token Secret: the
+// executor creates it right after the pod, and a start that died in between
+// creates it when redelivered (retry backoff: seconds); the kubelet retries
+// the container on its own.
+const tokenSecretGrace = 2 * time.Minute
 
 // Assess judges a build pod from its status and its events. It looks at
 // every init container, container and sidecar, the pod conditions and
@@ -93,7 +106,15 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 		v.State, v.Class, v.Signature, v.Reason, v.Message = StateFailed, class, sig, reason, msg
 		return v
 	}
-	age := now.Sub(pod.CreationTimestamp.Time)
+	created := pod.CreationTimestamp.Time
+	age := now.Sub(created)
+	// until collects the graces that end while the pod is pending.
+	var until time.Time
+	graceEnds := func(t time.Time) {
+		if until.IsZero() || t.Before(until) {
+			until = t
+		}
+	}
 
 	statuses := make([]corev1.ContainerStatus, 0, len(pod.Status.InitContainerStatuses)+len(pod.Status.ContainerStatuses))
 	statuses = append(statuses, pod.Status.InitContainerStatuses...)
@@ -105,7 +126,12 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 		if w := cs.State.Waiting; w != nil {
 			where := fmt.Sprintf("container %q (%s)", cs.Name, cs.Image)
 			switch {
-			case imageReasons[w.Reason] && (immediateImageReasons[w.Reason] || age >= o.ImagePullGrace):
+			case imageReasons[w.Reason] && !immediateImageReasons[w.Reason] && age < o.ImagePullGrace:
+				graceEnds(created.Add(o.ImagePullGrace))
+			case w.Reason == configErrorReason && age < tokenSecretGrace &&
+				strings.Contains(w.Message, `"`+executor.TokenSecretName(pod.Name)+`" not found`):
+				graceEnds(created.Add(tokenSecretGrace))
+			case imageReasons[w.Reason]:
 				return fail(ClassImage, SigNone, w.Reason, fmt.Sprintf("Build failed to start. Please check if your image is valid: %s: %s %s", where, w.Reason, w.Message))
 			case runtimeReasons[w.Reason]:
 				sig := runtimeSignature(w.Message, o)
@@ -172,6 +198,10 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 		}
 		return fail(ClassUnknown, SigNone, "PendingTimeout", msg)
 	}
+	if o.PendingTimeout > 0 {
+		graceEnds(created.Add(o.PendingTimeout))
+	}
+	v.Until = until
 	return v
 }
 

@@ -1,0 +1,171 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/weightage"
+)
+
+// Cache is the watched cache of this daemon's build pods. Every replica
+// runs it (the routing budgets count pods in flight from it); the leader's
+// supervisor also syncs builds from it. Pods are stored trimmed to what
+// supervision reads (see trimPod), which is most of their memory.
+type Cache struct {
+	factory  informers.SharedInformerFactory
+	informer cache.SharedIndexInformer
+	ns       string
+	metrics  *Metrics
+}
+
+const byBuild = "byBuild"
+
+// NewCache watches the pods in ns that carry the sdbuild label and our
+// managed-by label. metrics may be nil.
+func NewCache(client kubernetes.Interface, ns string, metrics *Metrics) *Cache {
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = executor.LabelBuild + "," + executor.LabelManaged + "=queue-worker"
+		}),
+		informers.WithTransform(trimPod))
+	inf := factory.Core().V1().Pods().Informer()
+	_ = inf.AddIndexers(cache.Indexers{byBuild: func(obj any) ([]string, error) {
+		if p, ok := obj.(*corev1.Pod); ok {
+			return []string{p.Labels[executor.LabelBuild]}, nil
+		}
+		return nil, nil
+	}})
+	return &Cache{factory: factory, informer: inf, ns: ns, metrics: metrics}
+}
+
+// Start runs the informer until ctx is done and waits for its first list.
+func (c *Cache) Start(ctx context.Context, timeout time.Duration) error {
+	c.factory.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if !cache.WaitForCacheSync(syncCtx.Done(), c.informer.HasSynced) {
+		return fmt.Errorf("watching build pods in %s: the cache did not sync within %s", c.ns, timeout)
+	}
+	c.metrics.Synced.WithLabelValues("pods").Set(1)
+	return nil
+}
+
+// Shutdown stops the informer's goroutines (after the Start context is done).
+func (c *Cache) Shutdown() {
+	c.factory.Shutdown()
+	c.metrics.Synced.WithLabelValues("pods").Set(0)
+}
+
+// HasSynced reports whether the first list has been stored.
+func (c *Cache) HasSynced() bool { return c.informer.HasSynced() }
+
+// PodsOfBuild returns the cached pods of a build (by sdbuild value).
+func (c *Cache) PodsOfBuild(key string) []*corev1.Pod {
+	objs, _ := c.informer.GetIndexer().ByIndex(byBuild, key)
+	out := make([]*corev1.Pod, 0, len(objs))
+	for _, o := range objs {
+		if p, ok := o.(*corev1.Pod); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Pod returns a cached pod by name, or nil.
+func (c *Cache) Pod(name string) *corev1.Pod {
+	o, ok, _ := c.informer.GetIndexer().GetByKey(c.ns + "/" + name)
+	if !ok {
+		return nil
+	}
+	p, _ := o.(*corev1.Pod)
+	return p
+}
+
+// InFlight counts pods of a runtime that are not finished, for the routing
+// budgets.
+func (c *Cache) InFlight(rt weightage.Runtime) int {
+	n := 0
+	for _, o := range c.informer.GetIndexer().List() {
+		p, ok := o.(*corev1.Pod)
+		if ok && p.Labels[executor.LabelRuntime] == string(rt) && p.DeletionTimestamp == nil &&
+			p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			n++
+		}
+	}
+	return n
+}
+
+// Len is the number of cached pods.
+func (c *Cache) Len() int { return len(c.informer.GetIndexer().ListKeys()) }
+
+// addHandler registers h; the informer replays every cached pod to it as an
+// add, so a new leader syncs every build it has.
+func (c *Cache) addHandler(h cache.ResourceEventHandler) (cache.ResourceEventHandlerRegistration, error) {
+	return c.informer.AddEventHandler(h)
+}
+
+func (c *Cache) removeHandler(r cache.ResourceEventHandlerRegistration) error {
+	return c.informer.RemoveEventHandler(r)
+}
+
+// annotationPrefix marks the annotations supervision reads: the routing
+// decision and the supervision record.
+const annotationPrefix = "queue-worker.screwdriver.cd/"
+
+// trimPod keeps what supervision and the budgets read: names, labels, our
+// annotations, the node, and the status without what verdicts never look
+// at. A build pod's spec (containers, env, volumes, affinity) and its
+// managedFields are most of its size and are never read from the cache.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // tombstones and the like pass unchanged
+	}
+	t := &corev1.Pod{
+		TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp,
+			Labels: p.Labels,
+		},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Status: corev1.PodStatus{
+			Phase: p.Status.Phase, Reason: p.Status.Reason, Message: p.Status.Message,
+			Conditions: p.Status.Conditions, StartTime: p.Status.StartTime,
+			InitContainerStatuses: trimStatuses(p.Status.InitContainerStatuses),
+			ContainerStatuses:     trimStatuses(p.Status.ContainerStatuses),
+		},
+	}
+	for k, v := range p.Annotations {
+		if strings.HasPrefix(k, annotationPrefix) {
+			if t.Annotations == nil {
+				t.Annotations = map[string]string{}
+			}
+			t.Annotations[k] = v
+		}
+	}
+	return t, nil
+}
+
+func trimStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]corev1.ContainerStatus, len(in))
+	for i, cs := range in {
+		out[i] = corev1.ContainerStatus{Name: cs.Name, Image: cs.Image, State: cs.State, Ready: cs.Ready, RestartCount: cs.RestartCount}
+	}
+	return out
+}

@@ -1,0 +1,550 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/sdkata/queue-worker/internal/build"
+	"github.com/sdkata/queue-worker/internal/ciapi"
+	"github.com/sdkata/queue-worker/internal/exclusion"
+	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/weightage"
+)
+
+// Pods is what supervision needs from the executor.
+type Pods interface {
+	StartAttempt(ctx context.Context, b *build.Config, d weightage.Decision, attempt int) (*executor.StartResult, error)
+	DeletePod(ctx context.Context, name string) error
+	BuildRecord(ctx context.Context, podName string) (*build.Config, error)
+}
+
+// Reporter sends build updates to the CI API.
+type Reporter interface {
+	ReportScheduled(ctx context.Context, apiURI string, buildID int64, token, node string, at time.Time) error
+	ReportWaiting(ctx context.Context, apiURI string, buildID int64, token, msg string) error
+	ReportFailure(ctx context.Context, apiURI string, buildID int64, token, msg string) error
+}
+
+// Learner records images that failed on Kata (learned exclusions).
+type Learner interface {
+	Add(ctx context.Context, e exclusion.Entry) error
+}
+
+// StopMarks tell whether a build was stopped (a fallback must not relaunch
+// a stopped build).
+type StopMarks interface {
+	Stopped(ctx context.Context, buildID, jobID int64) (bool, error)
+}
+
+// BuildConfigs is queue-service's buildConfigs hash: the build config of a
+// pod whose Secret predates build records (a rolling upgrade).
+type BuildConfigs interface {
+	Get(ctx context.Context, buildID int64) ([]byte, error)
+}
+
+// RulesSource returns the routing rules in force (their version is
+// recorded on a relaunched pod).
+type RulesSource interface {
+	Current() *weightage.Rules
+}
+
+// Deps are what the supervisor works with.
+type Deps struct {
+	// Client patches pods, watches events and holds the leader Lease.
+	Client   kubernetes.Interface
+	Cache    *Cache
+	Pods     Pods
+	Reporter Reporter
+	Learner  Learner
+	Marks    StopMarks
+	Configs  BuildConfigs
+	Rules    RulesSource
+	Log      *zap.Logger
+	// Metrics may be nil (collectors not registered anywhere).
+	Metrics *Metrics
+}
+
+// Options tune the supervisor.
+type Options struct {
+	// Namespace is the jobs namespace (pods, events, the Lease).
+	Namespace string
+	// Workers bound the syncs, and so the CI API calls, in flight.
+	Workers int
+	Assess  AssessOptions
+	// Fallback relaunches a Kata runtime failure once on hyperd.
+	Fallback bool
+	// DefaultAPIURI is used for pods whose build record has no apiUri
+	// (Secrets written by an older version): ecosystem.api.
+	DefaultAPIURI string
+	// RequestTimeout bounds each Kubernetes call; ReportTimeout each CI
+	// API report (its retries included).
+	RequestTimeout time.Duration
+	ReportTimeout  time.Duration
+	// RetryBase and RetryMax bound the per-build backoff of failed syncs.
+	RetryBase, RetryMax time.Duration
+	// Leader configures leader election; nil runs the supervisor without
+	// it (one replica, or tests).
+	Leader *LeaderOptions
+}
+
+// Supervisor watches build pods and acts on what it sees, one build at a
+// time: a level-triggered sync(build) per key of a rate-limited workqueue,
+// fed by the pod and event informers (kubernetes/sample-controller's shape).
+type Supervisor struct {
+	deps Deps
+	opts Options
+	log  *zap.Logger
+	m    *Metrics
+
+	// term is held for a whole leadership term: a new term waits until
+	// the previous one has stopped everything it started.
+	term sync.Mutex
+
+	mu    sync.Mutex
+	queue workqueue.TypedRateLimitingInterface[string] // nil unless leading
+
+	// written holds the records patched onto pods (by UID) until the cache
+	// shows them: a sync right after a patch must not act on a cached pod
+	// that predates it (and report the node twice).
+	writtenMu sync.Mutex
+	written   map[types.UID]map[string]string
+}
+
+// New returns a supervisor; Run starts it.
+func New(deps Deps, opts Options) *Supervisor {
+	if deps.Metrics == nil {
+		deps.Metrics = NewMetrics(nil)
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 10 * time.Second
+	}
+	if opts.ReportTimeout <= 0 {
+		opts.ReportTimeout = 30 * time.Second
+	}
+	if opts.RetryBase <= 0 {
+		opts.RetryBase = 500 * time.Millisecond
+	}
+	if opts.RetryMax <= 0 {
+		opts.RetryMax = 2 * time.Minute
+	}
+	return &Supervisor{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics, written: map[types.UID]map[string]string{}}
+}
+
+// Resync asks for a sync of a build, if this replica supervises now (an
+// old version's verify job lands here during a rolling upgrade). Any other
+// replica ignores it: the leader syncs every build it sees anyway.
+func (s *Supervisor) Resync(buildKey string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.queue != nil {
+		s.queue.Add(buildKey)
+	}
+}
+
+// Run supervises until ctx is done: under leader election, whenever this
+// replica leads; otherwise at once.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if s.opts.Leader == nil {
+		s.lead(ctx)
+		return nil
+	}
+	return s.runElected(ctx)
+}
+
+// lead runs one leadership term: fresh queue and event cache, a handler on
+// the shared pod informer (which replays every cached pod, so the new
+// leader syncs every build), and the workers. When ctx ends, everything it
+// started is stopped and waited for before it returns.
+func (s *Supervisor) lead(ctx context.Context) {
+	s.term.Lock()
+	defer s.term.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	s.m.Leader.Set(1)
+	defer s.m.Leader.Set(0)
+	const queueName = "supervisor"
+	q := workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](s.opts.RetryBase, s.opts.RetryMax),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: queueName, MetricsProvider: s.m.workqueue})
+	defer func() {
+		// A stopped queue leaves its gauges where they were; the next term's
+		// queue counts from zero.
+		s.m.workqueue.depth.WithLabelValues(queueName).Set(0)
+		s.m.workqueue.unfinished.WithLabelValues(queueName).Set(0)
+		s.m.workqueue.longestRunningProcessor.WithLabelValues(queueName).Set(0)
+	}()
+
+	termCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := newEventCache(s.deps.Client, s.opts.Namespace)
+	events.start(termCtx)
+	defer events.shutdown()
+	if _, err := events.addHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.enqueueEvent(q, obj) },
+		UpdateFunc: func(_, obj any) { s.enqueueEvent(q, obj) },
+	}); err != nil {
+		s.log.Error("watching pod events failed; sandbox failures are caught by the pending timeout only", zap.Error(err))
+	}
+	reg, err := s.deps.Cache.addHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.enqueuePod(q, obj) },
+		UpdateFunc: func(_, obj any) { s.enqueuePod(q, obj) },
+		DeleteFunc: func(obj any) { s.forget(obj); s.enqueuePod(q, obj) },
+	})
+	if err != nil {
+		s.log.Error("watching build pods failed; not supervising", zap.Error(err))
+		q.ShutDown()
+		return
+	}
+	defer func() {
+		if err := s.deps.Cache.removeHandler(reg); err != nil {
+			s.log.Warn("removing the pod handler failed", zap.Error(err))
+		}
+	}()
+	if !cache.WaitForCacheSync(termCtx.Done(), events.hasSynced) {
+		q.ShutDown()
+		return
+	}
+	s.m.Synced.WithLabelValues("events").Set(1)
+	defer s.m.Synced.WithLabelValues("events").Set(0)
+
+	s.mu.Lock()
+	s.queue = q
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.queue = nil
+		s.mu.Unlock()
+		s.writtenMu.Lock()
+		clear(s.written)
+		s.writtenMu.Unlock()
+	}()
+	s.log.Info("supervising build pods", zap.Int("workers", s.opts.Workers), zap.Int("cached_pods", s.deps.Cache.Len()))
+
+	var wg sync.WaitGroup
+	for range s.opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s.processNext(termCtx, q, events) {
+			}
+		}()
+	}
+	<-termCtx.Done()
+	q.ShutDown()
+	wg.Wait()
+	s.log.Info("stopped supervising build pods")
+}
+
+func (s *Supervisor) enqueuePod(q workqueue.TypedRateLimitingInterface[string], obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if p, ok := obj.(*corev1.Pod); ok && p.Labels[executor.LabelBuild] != "" {
+		q.Add(p.Labels[executor.LabelBuild])
+	}
+}
+
+func (s *Supervisor) enqueueEvent(q workqueue.TypedRateLimitingInterface[string], obj any) {
+	e, ok := obj.(*corev1.Event)
+	if !ok {
+		return
+	}
+	// Before the pod is cached there is nothing to judge; its add syncs the
+	// build and reads this event from the event cache then.
+	if p := s.deps.Cache.Pod(e.InvolvedObject.Name); p != nil {
+		q.Add(p.Labels[executor.LabelBuild])
+	}
+}
+
+func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], events *eventCache) bool {
+	key, shutdown := q.Get()
+	if shutdown {
+		return false
+	}
+	defer q.Done(key)
+	recheck, err := s.sync(ctx, key, events)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Leadership ended mid-sync: the next leader syncs this build.
+	case err != nil:
+		s.m.Syncs.WithLabelValues("error").Inc()
+		s.log.Warn("build sync failed; retrying with backoff", zap.String("build", key),
+			zap.Int("retries", q.NumRequeues(key)), zap.Error(err))
+		q.AddRateLimited(key)
+	default:
+		s.m.Syncs.WithLabelValues("ok").Inc()
+		q.Forget(key)
+		if recheck > 0 {
+			q.AddAfter(key, recheck)
+		}
+	}
+	return true
+}
+
+// errCannotRelaunch: the build config to relaunch is nowhere to be found.
+var errCannotRelaunch = errors.New("no build config to relaunch from")
+
+// sync plans a build from the cache and carries the plan out. The records
+// of what was done are patched on the pod after the actions, in one patch;
+// deletes come last.
+func (s *Supervisor) sync(ctx context.Context, key string, events *eventCache) (time.Duration, error) {
+	pods := s.withRecords(s.deps.Cache.PodsOfBuild(key))
+	p := planBuild(pods, events.of, time.Now(), planOptions{
+		assess: s.opts.Assess, earlyExit: s.opts.Assess.Exit139Window, fallback: s.opts.Fallback,
+	})
+	records := map[*corev1.Pod]map[string]string{}
+	var recs []*corev1.Pod // patch order
+	var firstErr error
+	for _, st := range p.steps {
+		if st.kind == stepDelete {
+			continue
+		}
+		log := s.log.With(zap.String("build", key), zap.String("pod", st.pod.Name), zap.String("runtime", string(runtimeOf(st.pod))))
+		if err := s.act(ctx, st, log); err != nil {
+			firstErr = fmt.Errorf("%s for pod %s: %w", st.kind.action(), st.pod.Name, err)
+			break
+		}
+		s.m.Actions.WithLabelValues(st.kind.action()).Inc()
+		if st.record != nil {
+			if records[st.pod] == nil {
+				records[st.pod] = map[string]string{}
+				recs = append(recs, st.pod)
+			}
+			for k, v := range st.record {
+				records[st.pod][k] = v
+			}
+		}
+	}
+	for _, pod := range recs {
+		if err := s.record(ctx, pod, records[pod]); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	for _, st := range p.steps {
+		if st.kind != stepDelete {
+			continue
+		}
+		if err := s.deps.Pods.DeletePod(ctx, st.pod.Name); err != nil {
+			return 0, err
+		}
+		s.m.Actions.WithLabelValues(actDeletePod).Inc()
+		s.log.Info("deleted build pod", zap.String("build", key), zap.String("pod", st.pod.Name), zap.String("reason", st.why))
+	}
+	return p.recheck, nil
+}
+
+// act carries out one step.
+func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
+	v := st.verdict
+	switch st.kind {
+	case stepReportNode:
+		return s.report(ctx, st.pod, func(ctx context.Context, api string, id int64, tok string) error {
+			return s.deps.Reporter.ReportScheduled(ctx, api, id, tok, v.Node, time.Now())
+		}, log.With(zap.String("node", v.Node)), "reported the build's node")
+	case stepReportWaiting:
+		return s.report(ctx, st.pod, func(ctx context.Context, api string, id int64, tok string) error {
+			return s.deps.Reporter.ReportWaiting(ctx, api, id, tok, ciapi.MsgWaiting)
+		}, log.With(zap.String("reason", v.Message)), "reported the build as waiting")
+	case stepReportFailure:
+		s.m.observeStart(runtimeOf(st.pod), v, st.pod)
+		return s.report(ctx, st.pod, func(ctx context.Context, api string, id int64, tok string) error {
+			return s.deps.Reporter.ReportFailure(ctx, api, id, tok, v.Message)
+		}, log.With(zap.String("class", string(v.Class)), zap.String("reason", v.Reason), zap.String("message", v.Message)),
+			"build failed to start; reported FAILURE")
+	case stepFinish:
+		s.m.observeStart(runtimeOf(st.pod), v, st.pod)
+		log.Info("build pod is running", zap.String("node", v.Node))
+		return nil
+	case stepFallback:
+		err := s.fallback(ctx, st.pod, v, log)
+		if errors.Is(err, errCannotRelaunch) {
+			log.Warn("cannot relaunch on hyperd; reporting the Kata failure instead", zap.Error(err))
+			return s.act(ctx, step{kind: stepReportFailure, pod: st.pod, verdict: v}, log)
+		}
+		return err
+	}
+	return fmt.Errorf("unknown step %d", st.kind)
+}
+
+// report sends one CI API update with the build's token from its Secret.
+// An unavailable API is an error (the build is retried with backoff); a
+// rejected update (401/403/404) is logged and counted done, since no retry
+// can make it pass.
+func (s *Supervisor) report(ctx context.Context, pod *corev1.Pod, call func(ctx context.Context, api string, id int64, tok string) error, log *zap.Logger, done string) error {
+	rec, err := s.buildRecord(ctx, pod)
+	if err != nil {
+		return err
+	}
+	api := rec.APIURI
+	if api == "" {
+		api = s.opts.DefaultAPIURI
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.opts.ReportTimeout)
+	defer cancel()
+	err = call(rctx, api, rec.BuildID, rec.Token)
+	switch {
+	case err == nil:
+		log.Info(done, zap.Int64("build_id", rec.BuildID))
+		return nil
+	case ciapi.IsRejected(err):
+		log.Error("the CI API rejected the update; not retrying", zap.Int64("build_id", rec.BuildID), zap.Error(err))
+		return nil
+	}
+	return fmt.Errorf("reporting build %d: %w", rec.BuildID, err)
+}
+
+// buildRecord is the pod's build config and token, from its Secret; the
+// build id falls back to the pod's own label value.
+func (s *Supervisor) buildRecord(ctx context.Context, pod *corev1.Pod) (*build.Config, error) {
+	rec, err := s.deps.Pods.BuildRecord(ctx, pod.Name)
+	if err != nil {
+		return nil, err
+	}
+	if rec.BuildID == 0 {
+		rec.BuildID = buildIDOf(pod)
+	}
+	return rec, nil
+}
+
+// fallback relaunches a Kata runtime failure on hyperd and learns the image
+// as excluded, so the next builds of it go straight to hyperd.
+func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, log *zap.Logger) error {
+	b, err := s.buildRecord(ctx, pod)
+	if err != nil {
+		return err
+	}
+	if b.Container == "" {
+		// A Secret from before build records: try queue-service's copy.
+		raw, err := s.deps.Configs.Get(ctx, b.BuildID)
+		if err != nil {
+			return fmt.Errorf("%w: build %d: %v", errCannotRelaunch, b.BuildID, err)
+		}
+		full, err := build.Decode(raw)
+		if err != nil {
+			return fmt.Errorf("%w: build %d: %v", errCannotRelaunch, b.BuildID, err)
+		}
+		full.Token = b.Token
+		b = full
+	}
+	if stopped, err := s.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil || stopped {
+		return err // a stopped build is not relaunched; its stop deletes the pod
+	}
+	if err := s.deps.Learner.Add(ctx, exclusion.Entry{Image: b.Container, Signature: string(v.Signature), BuildID: b.BuildID, At: time.Now()}); err != nil {
+		return err
+	}
+	d := weightage.Decision{Runtime: weightage.Hyperd, Rule: weightage.RuleFallback, Bucket: -1, RulesVersion: s.deps.Rules.Current().Version}
+	res, err := s.deps.Pods.StartAttempt(ctx, b, d, attemptOf(pod)+1)
+	if err != nil {
+		return err
+	}
+	// A stop handled while relaunching may have found no relaunch to delete.
+	if stopped, err := s.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+		return err
+	} else if stopped {
+		log.Info("build was stopped during its fallback; deleting the relaunch")
+		return s.deps.Pods.DeletePod(ctx, res.Pod)
+	}
+	if res.Created {
+		s.m.observeStart(weightage.Kata, v, pod)
+		s.m.Fallbacks.WithLabelValues(string(v.Signature)).Inc()
+	}
+	log.Warn("Kata runtime failure: relaunched the build on hyperd and learned its image as excluded",
+		zap.Int64("build_id", b.BuildID), zap.String("signature", string(v.Signature)), zap.String("reason", v.Reason),
+		zap.String("message", v.Message), zap.String("relaunch", res.Pod))
+	return nil
+}
+
+// withRecords overlays the records this process wrote and the cache does
+// not show yet. Records only ever get added, so an overlay is never stale;
+// it is dropped once the cache has caught up.
+func (s *Supervisor) withRecords(pods []*corev1.Pod) []*corev1.Pod {
+	s.writtenMu.Lock()
+	defer s.writtenMu.Unlock()
+	for i, p := range pods {
+		w, ok := s.written[p.UID]
+		if !ok {
+			continue
+		}
+		behind := false
+		for k, v := range w {
+			if p.Annotations[k] != v {
+				behind = true
+				break
+			}
+		}
+		if !behind {
+			delete(s.written, p.UID)
+			continue
+		}
+		c := *p // the cache's object is shared: never modify it
+		c.Annotations = make(map[string]string, len(p.Annotations)+len(w))
+		for k, v := range p.Annotations {
+			c.Annotations[k] = v
+		}
+		for k, v := range w {
+			c.Annotations[k] = v
+		}
+		pods[i] = &c
+	}
+	return pods
+}
+
+// forget drops the overlay of a deleted pod.
+func (s *Supervisor) forget(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if p, ok := obj.(*corev1.Pod); ok {
+		s.writtenMu.Lock()
+		delete(s.written, p.UID)
+		s.writtenMu.Unlock()
+	}
+}
+
+// record patches supervision records onto a pod. A pod gone meanwhile has
+// nothing left to record.
+func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, annotations map[string]string) error {
+	patch, err := jsonAnnotationsPatch(annotations)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	_, err = s.deps.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("recording supervision state on pod %s: %w", pod.Name, err)
+	}
+	s.writtenMu.Lock()
+	defer s.writtenMu.Unlock()
+	w := s.written[pod.UID]
+	if w == nil {
+		w = map[string]string{}
+		s.written[pod.UID] = w
+	}
+	for k, v := range annotations {
+		w[k] = v
+	}
+	return nil
+}
