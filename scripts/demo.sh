@@ -34,7 +34,7 @@ bin/demo -reset -prefix "$DEMO_PREFIX" -kube-namespace "$DEMO_NS"
 echo "[demo] starting queue-worker (log: $LOG_DIR/worker.log): 50% of builds to Kata, rhel6 images to hyperd" >&2
 K8S_JOBS_NAMESPACE=$DEMO_NS REDIS_QUEUE_PREFIX=$DEMO_PREFIX WEIGHT_K8S=50 \
   K8S_EXECUTOR_EXCLUSION='["rhel6"]' HOST=127.0.0.1 PORT=$DEMO_PORT LOG_FORMAT=console \
-  VERIFY_INTERVAL=1s VERIFY_EXIT139_WINDOW=2s \
+  VERIFY_EXIT139_WINDOW=2s \
   bin/queue-worker run </dev/null >"$LOG_DIR/worker.log" 2>&1 &
 worker_pid=$!
 for _ in $(seq 1 100); do

@@ -279,9 +279,14 @@ func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimit
 	}
 	defer q.Done(key)
 	recheck, err := s.sync(ctx, key, events)
+	var wait *notYet
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// Leadership ended mid-sync: the next leader syncs this build.
+	case errors.As(err, &wait):
+		s.log.Debug("build not ready for its next step; looking again soon", zap.String("build", key), zap.String("reason", wait.why))
+		q.Forget(key)
+		q.AddAfter(key, wait.after)
 	case err != nil:
 		s.m.Syncs.WithLabelValues("error").Inc()
 		s.log.Warn("build sync failed; retrying with backoff", zap.String("build", key),
@@ -299,6 +304,16 @@ func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimit
 
 // errCannotRelaunch: the build config to relaunch is nowhere to be found.
 var errCannotRelaunch = errors.New("no build config to relaunch from")
+
+// notYet is a sync that cannot act yet and should look again soon, without
+// counting as a failure (the pod's Secret is created right after the pod,
+// and the informer can show the pod first).
+type notYet struct {
+	after time.Duration
+	why   string
+}
+
+func (e *notYet) Error() string { return e.why }
 
 // sync plans a build from the cache and carries the plan out. The records
 // of what was done are patched on the pod after the actions, in one patch;
@@ -391,7 +406,14 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 // can make it pass.
 func (s *Supervisor) report(ctx context.Context, pod *corev1.Pod, call func(ctx context.Context, api string, id int64, tok string) error, log *zap.Logger, done string) error {
 	rec, err := s.buildRecord(ctx, pod)
-	if err != nil {
+	switch {
+	case apierrors.IsNotFound(err) && time.Since(pod.CreationTimestamp.Time) < tokenSecretGrace:
+		return &notYet{after: 250 * time.Millisecond, why: "the pod's Secret does not exist yet"}
+	case apierrors.IsNotFound(err):
+		// No Secret, no token: nothing can be reported for this pod.
+		log.Error("the pod's Secret is gone; cannot report to the CI API", zap.Error(err))
+		return nil
+	case err != nil:
 		return err
 	}
 	api := rec.APIURI

@@ -75,6 +75,14 @@ func TestAssess(t *testing.T) {
 		{"ExitNonZeroIsUser", pod(corev1.PodFailed, "n1", terminated(1, "", 2*time.Second)), nil, StateFailed, ClassUser, SigNone},
 		{"ExecFormatTerminated", pod(corev1.PodFailed, "n1", terminated(1, "exec format error", time.Second)), nil, StateFailed, ClassRuntime, SigExecFormat},
 		{"ConfiguredPattern", pod(corev1.PodFailed, "n1", terminated(1, "vsyscall attempted with vsyscall=none", time.Minute)), nil, StateFailed, ClassRuntime, SigPattern},
+		{"TokenSecretNotYetCreatedWaits", pod(corev1.PodPending, "n1", waiting(false, "CreateContainerConfigError", `secret "sdbuild-1-token" not found`)),
+			nil, StatePendingPulling, "", SigNone},
+		{"TokenSecretMissingPastGraceIsRuntime", pod(corev1.PodPending, "n1", func(p *corev1.Pod) {
+			p.CreationTimestamp = metav1.NewTime(now.Add(-5 * time.Minute))
+			waiting(false, "CreateContainerConfigError", `secret "sdbuild-1-token" not found`)(p)
+		}), nil, StateFailed, ClassRuntime, SigNone},
+		{"OtherSecretMissingIsRuntimeAtOnce", pod(corev1.PodPending, "n1", waiting(false, "CreateContainerConfigError", `secret "registry-creds" not found`)),
+			nil, StateFailed, ClassRuntime, SigNone},
 		{"DeadlineExceededIsUser", pod(corev1.PodFailed, "n1", func(p *corev1.Pod) { p.Status.Reason = "DeadlineExceeded" }), nil, StateFailed, ClassUser, SigNone},
 	}
 	for _, tt := range tests {
@@ -87,5 +95,23 @@ func TestAssess(t *testing.T) {
 				t.Fatal("a failure without a message")
 			}
 		})
+	}
+}
+
+// A pending verdict says when it turns by time alone, so the supervisor
+// looks again then instead of polling.
+func TestAssess_UntilIsTheNextGraceEnd(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	created := now.Add(-10 * time.Second)
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-1", CreationTimestamp: metav1.NewTime(created)},
+		Spec: corev1.PodSpec{NodeName: "n1"}, Status: corev1.PodStatus{Phase: corev1.PodPending,
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "b", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff"}}}}}}
+	opts := AssessOptions{PendingTimeout: 15 * time.Minute, ImagePullGrace: 30 * time.Second}
+	if v := Assess(p, nil, now, opts); !v.Until.Equal(created.Add(30 * time.Second)) {
+		t.Fatalf("until %v, want the image pull grace end", v.Until)
+	}
+	p.Status.ContainerStatuses = nil
+	if v := Assess(p, nil, now, opts); !v.Until.Equal(created.Add(15 * time.Minute)) {
+		t.Fatalf("until %v, want the pending timeout", v.Until)
 	}
 }

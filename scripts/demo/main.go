@@ -198,7 +198,7 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL, ciAddr string, n int) error 
 		fmt.Printf("\nthe unknown-class job is in %s:failed:\n  %s\n", ns, failed[0])
 	}
 
-	fmt.Println("\nwaiting for verify to see every pod running and report it to the CI API...")
+	fmt.Println("\nwaiting for the supervisor to see every pod running and report it to the CI API...")
 	for ci.hostnames() < n && ctx.Err() == nil {
 		time.Sleep(200 * time.Millisecond)
 	}
