@@ -33,3 +33,9 @@ clean:
 .PHONY: bench-queue
 bench-queue:
 	bench/run.sh
+
+# End to end on the dev cluster: queue-worker vs a bare client-go loop
+# (burst, fixed rate, full cluster, memory). See docs/benchmarks.md.
+.PHONY: bench-e2e
+bench-e2e:
+	scripts/bench-e2e.sh

@@ -334,7 +334,7 @@ start_from() { # index of first component to (re)start
           --service-cluster-ip-range=10.96.0.0/16 \
           --endpoint-reconciler-type=none \
           --allow-privileged=true \
-          --profiling=false
+          --profiling=true
         STARTED+=(kube-apiserver)
         wait_for "kube-apiserver /readyz" apiserver_ready
         write_kubeconfig

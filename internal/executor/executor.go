@@ -153,7 +153,10 @@ func (e *Executor) ensureBuildSecret(ctx context.Context, pod *corev1.Pod, b *bu
 func (e *Executor) BuildRecord(ctx context.Context, podName string) (*build.Config, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
-	s, err := e.client.CoreV1().Secrets(e.opts.Namespace).Get(ctx, TokenSecretName(podName), metav1.GetOptions{})
+	// From the apiserver's watch cache (resourceVersion 0), not etcd: the
+	// Secret never changes after its create, and one that is not cached
+	// yet reads as NotFound, which the caller retries shortly.
+	s, err := e.client.CoreV1().Secrets(e.opts.Namespace).Get(ctx, TokenSecretName(podName), metav1.GetOptions{ResourceVersion: "0"})
 	if err != nil {
 		return nil, fmt.Errorf("reading the build secret of pod %s/%s: %w", e.opts.Namespace, podName, err)
 	}

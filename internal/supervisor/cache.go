@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -109,6 +110,18 @@ func (c *Cache) InFlight(rt weightage.Runtime) int {
 
 // Len is the number of cached pods.
 func (c *Cache) Len() int { return len(c.informer.GetIndexer().ListKeys()) }
+
+var cachedPodsDesc = prometheus.NewDesc("queue_worker_supervisor_cached_pods",
+	"Build pods in this replica's watch cache.", nil, nil)
+
+// Describe implements prometheus.Collector (register the cache to export
+// its size).
+func (c *Cache) Describe(ch chan<- *prometheus.Desc) { ch <- cachedPodsDesc }
+
+// Collect implements prometheus.Collector.
+func (c *Cache) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(cachedPodsDesc, prometheus.GaugeValue, float64(c.Len()))
+}
 
 // addHandler registers h; the informer replays every cached pod to it as an
 // add, so a new leader syncs every build it has.

@@ -120,6 +120,10 @@ type Supervisor struct {
 	// that predates it (and report the node twice).
 	writtenMu sync.Mutex
 	written   map[types.UID]map[string]string
+	// finished holds the pods this term saw past the early-exit window
+	// (their setup was looked at once); termStart is when the term began.
+	finished  map[types.UID]bool
+	termStart time.Time
 }
 
 // New returns a supervisor; Run starts it.
@@ -142,7 +146,8 @@ func New(deps Deps, opts Options) *Supervisor {
 	if opts.RetryMax <= 0 {
 		opts.RetryMax = 2 * time.Minute
 	}
-	return &Supervisor{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics, written: map[types.UID]map[string]string{}}
+	return &Supervisor{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics,
+		written: map[types.UID]map[string]string{}, finished: map[types.UID]bool{}}
 }
 
 // Resync asks for a sync of a build, if this replica supervises now (an
@@ -226,12 +231,16 @@ func (s *Supervisor) lead(ctx context.Context) {
 	s.mu.Lock()
 	s.queue = q
 	s.mu.Unlock()
+	s.writtenMu.Lock()
+	s.termStart = time.Now()
+	s.writtenMu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.queue = nil
 		s.mu.Unlock()
 		s.writtenMu.Lock()
 		clear(s.written)
+		clear(s.finished)
 		s.writtenMu.Unlock()
 	}()
 	s.log.Info("supervising build pods", zap.Int("workers", s.opts.Workers), zap.Int("cached_pods", s.deps.Cache.Len()))
@@ -251,13 +260,25 @@ func (s *Supervisor) lead(ctx context.Context) {
 	s.log.Info("stopped supervising build pods")
 }
 
+// settleNew is how old a pod must be before its first sync: a new pod is
+// scheduled, started and given its Secret within this time, so one sync
+// sees all of it instead of one sync per step (the delaying queue keeps a
+// single entry per build however many events arrive meanwhile).
+const settleNew = time.Second
+
 func (s *Supervisor) enqueuePod(q workqueue.TypedRateLimitingInterface[string], obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	if p, ok := obj.(*corev1.Pod); ok && p.Labels[executor.LabelBuild] != "" {
-		q.Add(p.Labels[executor.LabelBuild])
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p.Labels[executor.LabelBuild] == "" {
+		return
 	}
+	if wait := settleNew - time.Since(p.CreationTimestamp.Time); wait > 0 {
+		q.AddAfter(p.Labels[executor.LabelBuild], wait)
+		return
+	}
+	q.Add(p.Labels[executor.LabelBuild])
 }
 
 func (s *Supervisor) enqueueEvent(q workqueue.TypedRateLimitingInterface[string], obj any) {
@@ -335,7 +356,9 @@ func (s *Supervisor) sync(ctx context.Context, key string, events *eventCache) (
 			firstErr = fmt.Errorf("%s for pod %s: %w", st.kind.action(), st.pod.Name, err)
 			break
 		}
-		s.m.Actions.WithLabelValues(st.kind.action()).Inc()
+		if st.kind != stepFinish { // counted by finish itself, once
+			s.m.Actions.WithLabelValues(st.kind.action()).Inc()
+		}
 		if st.record != nil {
 			if records[st.pod] == nil {
 				records[st.pod] = map[string]string{}
@@ -386,8 +409,7 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 		}, log.With(zap.String("class", string(v.Class)), zap.String("reason", v.Reason), zap.String("message", v.Message)),
 			"build failed to start; reported FAILURE")
 	case stepFinish:
-		s.m.observeStart(runtimeOf(st.pod), v, st.pod)
-		log.Info("build pod is running", zap.String("node", v.Node))
+		s.finish(st.pod, v, log)
 		return nil
 	case stepFallback:
 		err := s.fallback(ctx, st.pod, v, log)
@@ -495,6 +517,29 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 	return nil
 }
 
+// finish ends supervision of a pod that ran past the early-exit window (or
+// succeeded within it), once per term. Its setup is observed only if it
+// crossed the window during this term: a pod the previous leader already
+// saw through is not counted twice (one that crossed while no replica led
+// is not counted at all).
+func (s *Supervisor) finish(pod *corev1.Pod, v Verdict, log *zap.Logger) {
+	s.writtenMu.Lock()
+	done := s.finished[pod.UID]
+	s.finished[pod.UID] = true
+	termStart := s.termStart
+	s.writtenMu.Unlock()
+	if done {
+		return
+	}
+	s.m.Actions.WithLabelValues(actFinish).Inc()
+	now := time.Now()
+	crossed := now.Add(s.opts.Assess.Exit139Window - ranFor(pod, now))
+	if v.State == StateSucceeded || !crossed.Before(termStart) {
+		s.m.observeStart(runtimeOf(pod), v, pod)
+		log.Info("build pod is running", zap.String("node", pod.Spec.NodeName))
+	}
+}
+
 // withRecords overlays the records this process wrote and the cache does
 // not show yet. Records only ever get added, so an overlay is never stale;
 // it is dropped once the cache has caught up.
@@ -538,6 +583,7 @@ func (s *Supervisor) forget(obj any) {
 	if p, ok := obj.(*corev1.Pod); ok {
 		s.writtenMu.Lock()
 		delete(s.written, p.UID)
+		delete(s.finished, p.UID)
 		s.writtenMu.Unlock()
 	}
 }

@@ -19,16 +19,15 @@ const (
 	AnnotationReportedNode = annotationPrefix + "reported-node"
 	// AnnotationReportedWaiting is the waiting state last reported.
 	AnnotationReportedWaiting = annotationPrefix + "reported-waiting"
-	// AnnotationOutcome ends supervision of the pod: running (it ran past
-	// the early-exit window) or failed (FAILURE was reported).
+	// AnnotationOutcome ends supervision of a pod that failed: FAILURE was
+	// reported (outcome "failed"). A pod that ran past the early-exit window
+	// needs no record: that it did is in its status, and from then on its
+	// build is the launcher's to report.
 	AnnotationOutcome = annotationPrefix + "supervision"
 )
 
-// Outcomes recorded in AnnotationOutcome.
-const (
-	outcomeRunning = "running"
-	outcomeFailed  = "failed"
-)
+// outcomeFailed is recorded in AnnotationOutcome once FAILURE was reported.
+const outcomeFailed = "failed"
 
 // stepKind is one visible effect of a sync.
 type stepKind int
@@ -97,11 +96,19 @@ func planBuild(pods []*corev1.Pod, events func(*corev1.Pod) []*corev1.Event, now
 	}
 
 	rec := cur.Annotations
-	switch rec[AnnotationOutcome] {
-	case outcomeRunning:
-		p.steps = deletes
+	switch ran := ranFor(cur, now); {
+	case ran > 0 && ran >= o.earlyExit:
+		// Past the early-exit window: supervision is over, whatever the
+		// pod does next. It may still owe its node report (a leader was
+		// down) and the one-time look at its setup.
+		if cur.Status.Phase == corev1.PodRunning && rec[AnnotationReportedNode] == "" && cur.Spec.NodeName != "" {
+			p.steps = append(p.steps, step{kind: stepReportNode, pod: cur, verdict: Verdict{Node: cur.Spec.NodeName, State: StateRunning},
+				record: map[string]string{AnnotationReportedNode: cur.Spec.NodeName}})
+		}
+		p.steps = append(p.steps, step{kind: stepFinish, pod: cur, verdict: Verdict{State: StateRunning, Node: cur.Spec.NodeName}})
+		p.steps = append(p.steps, deletes...)
 		return p
-	case outcomeFailed:
+	case rec[AnnotationOutcome] == outcomeFailed:
 		if cur.Status.Phase == corev1.PodPending {
 			// Reported failed but the delete did not happen: a pending pod
 			// could still start a build the CI shows as failed.
@@ -125,11 +132,13 @@ func planBuild(pods []*corev1.Pod, events func(*corev1.Pod) []*corev1.Event, now
 	switch v.State {
 	case StateRunning, StateSucceeded:
 		reportNode()
-		if v.State == StateRunning && !v.Since.IsZero() && now.Sub(v.Since) < o.earlyExit {
+		if v.State == StateRunning && !v.Since.IsZero() {
+			// Kata's early deaths (exit 139) come right after start: look
+			// again when the window has passed (ranFor ends supervision).
 			untilRecheck(v.Since.Add(o.earlyExit))
 			break
 		}
-		p.steps = append(p.steps, step{kind: stepFinish, pod: cur, verdict: v, record: map[string]string{AnnotationOutcome: outcomeRunning}})
+		p.steps = append(p.steps, step{kind: stepFinish, pod: cur, verdict: v})
 	case StatePendingPulling:
 		reportNode()
 		untilRecheck(v.Until)
@@ -158,6 +167,32 @@ func planBuild(pods []*corev1.Pod, events func(*corev1.Pod) []*corev1.Event, now
 	}
 	p.steps = append(p.steps, deletes...)
 	return p
+}
+
+// ranFor is how long the pod's main containers have all been running (or
+// ran, once terminated): the shortest run among them, 0 until every one has
+// started. A container that died early keeps this short, so an exit 139
+// beside a healthy sidecar is still judged.
+func ranFor(p *corev1.Pod, now time.Time) time.Duration {
+	if len(p.Status.ContainerStatuses) == 0 {
+		return 0
+	}
+	shortest := time.Duration(-1)
+	for _, cs := range p.Status.ContainerStatuses {
+		var d time.Duration
+		switch {
+		case cs.State.Running != nil && !cs.State.Running.StartedAt.IsZero():
+			d = now.Sub(cs.State.Running.StartedAt.Time)
+		case cs.State.Terminated != nil && !cs.State.Terminated.StartedAt.IsZero():
+			d = cs.State.Terminated.FinishedAt.Sub(cs.State.Terminated.StartedAt.Time)
+		default:
+			return 0 // not started yet
+		}
+		if shortest < 0 || d < shortest {
+			shortest = d
+		}
+	}
+	return shortest
 }
 
 // attemptOf is a pod's attempt: 0 for the first pod of a build, N for its

@@ -30,7 +30,11 @@ func TestPlanBuild(t *testing.T) {
 	on := func(node string) podOpt { return func(p *corev1.Pod) { p.Spec.NodeName = node } }
 	rec := func(k, v string) podOpt { return func(p *corev1.Pod) { p.Annotations[k] = v } }
 	runningFor := func(d time.Duration) podOpt {
-		return func(p *corev1.Pod) { p.Status.StartTime = &metav1.Time{Time: now.Add(-d)} }
+		return func(p *corev1.Pod) {
+			p.Status.StartTime = &metav1.Time{Time: now.Add(-d)}
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "build", State: corev1.ContainerState{
+				Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(now.Add(-d))}}}}
+		}
 	}
 	unschedulable := func(p *corev1.Pod) {
 		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: "Unschedulable", Message: "0/4 nodes"}}
@@ -40,11 +44,14 @@ func TestPlanBuild(t *testing.T) {
 		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "build", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 			ExitCode: 139, StartedAt: start, FinishedAt: metav1.NewTime(start.Add(time.Second))}}}}
 	}
-	userExit := func(p *corev1.Pod) {
-		start := metav1.NewTime(now.Add(-5 * time.Minute))
-		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "build", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-			ExitCode: 2, StartedAt: start, FinishedAt: metav1.NewTime(start.Add(time.Minute))}}}}
+	userExitAfter := func(ran time.Duration) podOpt {
+		return func(p *corev1.Pod) {
+			start := metav1.NewTime(now.Add(-5 * time.Minute))
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "build", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 2, StartedAt: start, FinishedAt: metav1.NewTime(start.Add(ran))}}}}
+		}
 	}
+	userExit := userExitAfter(2 * time.Second)
 	imagePull := func(p *corev1.Pod) {
 		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "build", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull"}}}}
 	}
@@ -75,7 +82,10 @@ func TestPlanBuild(t *testing.T) {
 			steps: "report-node:sdbuild-1", recheck: 6 * time.Second},
 		{name: "RunningPastTheWindowFinishes", pods: []*corev1.Pod{mk("sdbuild-1", kata, corev1.PodRunning, on("n1"), runningFor(time.Minute), rec(AnnotationReportedNode, "n1"))},
 			steps: "finish:sdbuild-1"},
-		{name: "FinishedPodIsDone", pods: []*corev1.Pod{mk("sdbuild-1", kata, corev1.PodRunning, on("n1"), runningFor(time.Minute), rec(AnnotationOutcome, outcomeRunning))}},
+		{name: "RunningPastTheWindowOwesItsNodeReport", pods: []*corev1.Pod{mk("sdbuild-1", kata, corev1.PodRunning, on("n1"), runningFor(time.Minute))},
+			steps: "report-node:sdbuild-1 finish:sdbuild-1"},
+		{name: "LateFailureIsTheBuildsOwn", pods: []*corev1.Pod{mk("sdbuild-1", kata, corev1.PodFailed, on("n1"), userExitAfter(time.Minute), rec(AnnotationReportedNode, "n1"))},
+			steps: "finish:sdbuild-1"},
 		{name: "Exit139OnKataFallsBackThenDeletes", pods: []*corev1.Pod{mk("sdbuild-1", kata, corev1.PodFailed, on("n1"), exit139, rec(AnnotationReportedNode, "n1"))},
 			steps: "fallback:sdbuild-1 delete-pod:sdbuild-1"},
 		{name: "Exit139OnHyperdIsAFailure", pods: []*corev1.Pod{mk("sdbuild-1", hyperd, corev1.PodFailed, on("n1"), exit139, rec(AnnotationReportedNode, "n1"))},
@@ -114,12 +124,23 @@ func TestPlanBuild(t *testing.T) {
 // Every recorded step names what it records, so a later leader skips it.
 func TestPlanBuild_RecordsWhatItReports(t *testing.T) {
 	now := time.Now()
-	p := planBuild([]*corev1.Pod{{
-		ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-2", CreationTimestamp: metav1.NewTime(now.Add(-time.Minute))},
-		Spec:       corev1.PodSpec{NodeName: "n7"},
-		Status:     corev1.PodStatus{Phase: corev1.PodRunning, StartTime: &metav1.Time{Time: now.Add(-time.Minute)}},
-	}}, func(*corev1.Pod) []*corev1.Event { return nil }, now, planOptions{earlyExit: 10 * time.Second})
-	if len(p.steps) != 2 || p.steps[0].record[AnnotationReportedNode] != "n7" || p.steps[1].record[AnnotationOutcome] != outcomeRunning {
-		t.Fatalf("steps %+v", p.steps)
+	events := func(*corev1.Pod) []*corev1.Event { return nil }
+	opts := planOptions{earlyExit: 10 * time.Second}
+	scheduled := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-2", CreationTimestamp: metav1.NewTime(now)},
+		Spec: corev1.PodSpec{NodeName: "n7"}, Status: corev1.PodStatus{Phase: corev1.PodPending}}
+	if p := planBuild([]*corev1.Pod{scheduled}, events, now, opts); len(p.steps) != 1 || p.steps[0].record[AnnotationReportedNode] != "n7" {
+		t.Fatalf("node report steps %+v", p.steps)
+	}
+	waiting := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-3", CreationTimestamp: metav1.NewTime(now)},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled,
+			Status: corev1.ConditionFalse, Reason: "Unschedulable"}}}}
+	if p := planBuild([]*corev1.Pod{waiting}, events, now, opts); len(p.steps) != 1 || p.steps[0].record[AnnotationReportedWaiting] != string(StatePendingUnschedulable) {
+		t.Fatalf("waiting report steps %+v", p.steps)
+	}
+	failed := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-4", CreationTimestamp: metav1.NewTime(now.Add(-time.Hour))},
+		Status: corev1.PodStatus{Phase: corev1.PodPending}}
+	if p := planBuild([]*corev1.Pod{failed}, events, now, planOptions{assess: AssessOptions{PendingTimeout: time.Minute}}); len(p.steps) != 2 ||
+		p.steps[0].record[AnnotationOutcome] != outcomeFailed {
+		t.Fatalf("failure steps %+v", p.steps)
 	}
 }
