@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"regexp"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -63,9 +65,17 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	// One breaker per dependency. The Kubernetes one guards every client-go
 	// call, informers included; while it is open, jobs wait in the queue.
 	kubeBreaker := breaker.New("kubernetes", breaker.Settings{IsFailure: breaker.HTTPFailure, Logger: log.Named("breaker")}, breakerMetrics)
-	kube, err := newKubernetes(cfg, kubeBreaker)
+	rc, err := restConfig(cfg, kubeBreaker)
 	if err != nil {
 		return err
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("creating kubernetes client: %w", err)
+	}
+	meta, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("creating kubernetes metadata client: %w", err)
 	}
 	ns := cfg.Executor.K8s.Options.Kubernetes.JobsNamespace
 
@@ -133,7 +143,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			LeaseDuration: le.LeaseDuration, RenewDeadline: le.RenewDeadline, RetryPeriod: le.RetryPeriod}
 	}
 	sup := supervisor.New(supervisor.Deps{
-		Client: kube, Cache: pods, Pods: exec, Reporter: ci, Learner: learned, Marks: marks, Configs: configs,
+		Client: kube, Metadata: meta, Cache: pods, Pods: exec, Reporter: ci, Learner: learned, Marks: marks, Configs: configs,
 		Rules: holder, Log: log.Named("supervisor"), Metrics: supMetrics,
 	}, supOpts)
 
@@ -168,6 +178,13 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 
 	srv := httpserver.New(reg, log.Named("http"))
 	srv.Handle("/debug/route", routing.Handler(decider))
+	if cfg.HTTPD.Profiling {
+		srv.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		srv.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		srv.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+		srv.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+		srv.Handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
+	}
 	srv.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	srv.AddCheck("kubernetes", func(ctx context.Context) error {
 		// A namespaced list also proves the RBAC the worker needs.
@@ -280,7 +297,9 @@ func newRedis(cfg *config.Config) redis.UniversalClient {
 	return redis.NewUniversalClient(opts)
 }
 
-func newKubernetes(cfg *config.Config, b *breaker.Breaker) (kubernetes.Interface, error) {
+// restConfig is the client config of every Kubernetes client: endpoint
+// and token overrides, rate limits, protobuf, and the API breaker.
+func restConfig(cfg *config.Config, b *breaker.Breaker) (*rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	if path := cfg.Kubernetes.Kubeconfig; path != "" {
@@ -314,9 +333,5 @@ func newKubernetes(cfg *config.Config, b *breaker.Breaker) (kubernetes.Interface
 	// informers' watch streams; every call of ours has its own deadline.
 	rc.UserAgent = "queue-worker/" + version
 	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return breaker.RoundTripper(b, rt) })
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("creating kubernetes client: %w", err)
-	}
-	return cs, nil
+	return rc, nil
 }

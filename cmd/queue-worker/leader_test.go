@@ -238,11 +238,14 @@ func TestLeader_KilledMidFallbackNewLeaderFinishes(t *testing.T) {
 	release()
 
 	testbed.Eventually(t, 30*time.Second, "b leads", func() bool { return strings.HasSuffix(leaseHolder(t, kube, ns), b.identity()) })
-	testbed.Eventually(t, 30*time.Second, "only the relaunch is left, running on hyperd", func() bool {
+	testbed.Eventually(t, 30*time.Second, "only the relaunch is left, running on hyperd, its node reported", func() bool {
 		p := pods()
 		r, ok := p["sdbuild-8100-r1"]
-		return len(p) == 1 && ok && r.Labels[executor.LabelRuntime] == "hyperd" && r.Status.Phase == corev1.PodRunning &&
-			r.Annotations["queue-worker.screwdriver.cd/reported-node"] != ""
+		if len(p) != 1 || !ok || r.Labels[executor.LabelRuntime] != "hyperd" || r.Status.Phase != corev1.PodRunning {
+			return false
+		}
+		s, err := kube.CoreV1().Secrets(ns).Get(context.Background(), executor.TokenSecretName(r.Name), metav1.GetOptions{})
+		return err == nil && s.Annotations["queue-worker.screwdriver.cd/reported-node"] != ""
 	})
 	time.Sleep(2 * time.Second) // anything duplicated would show now
 	hostnames := map[string]int{}

@@ -325,6 +325,10 @@ type Kubernetes struct {
 type HTTPD struct {
 	Host string `yaml:"host" mapstructure:"host"`
 	Port int    `yaml:"port" mapstructure:"port"`
+	// Profiling serves Go's pprof handlers under /debug/pprof/ (off by
+	// default, as Kubernetes components' --profiling is off in hardened
+	// setups: profiles reveal internals and cost CPU while taken).
+	Profiling bool `yaml:"profiling" mapstructure:"profiling"`
 }
 
 // Log configures zap.

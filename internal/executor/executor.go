@@ -72,6 +72,14 @@ func (e *Executor) Start(ctx context.Context, b *build.Config, d weightage.Decis
 // StartAttempt is Start for a relaunch: attempt > 0 names a distinct pod
 // (<name>-r<attempt>), itself deterministic, so a relaunch is idempotent too.
 func (e *Executor) StartAttempt(ctx context.Context, b *build.Config, d weightage.Decision, attempt int) (*StartResult, error) {
+	return e.StartWith(ctx, b, d, attempt, nil)
+}
+
+// StartWith is StartAttempt with a check that runs once the pod exists,
+// alongside the Secret's create (one round trip saved on the start path).
+// The check is how a start notices a stop that ran while the pod was being
+// made; its error is returned once the Secret is done.
+func (e *Executor) StartWith(ctx context.Context, b *build.Config, d weightage.Decision, attempt int, afterPod func(context.Context) error) (*StartResult, error) {
 	pod := PodSpec(&e.opts, b, d, attempt)
 	start := e.now()
 	created, err := e.createPod(ctx, pod)
@@ -87,8 +95,18 @@ func (e *Executor) StartAttempt(ctx context.Context, b *build.Config, d weightag
 		res.Created = false
 		res.Runtime = weightage.Runtime(created.Labels[LabelRuntime])
 	}
-	if err := e.ensureBuildSecret(ctx, created, b); err != nil {
-		return nil, err
+	checked := make(chan error, 1)
+	if afterPod != nil {
+		go func() { checked <- afterPod(ctx) }()
+	} else {
+		checked <- nil
+	}
+	secretErr := e.ensureBuildSecret(ctx, created, b)
+	if err := <-checked; err != nil {
+		return res, err
+	}
+	if secretErr != nil {
+		return nil, secretErr
 	}
 	return res, nil
 }

@@ -46,12 +46,20 @@ func (m *StopMarks) Stopped(ctx context.Context, buildID, jobID int64) (bool, er
 	if jobID != 0 {
 		keys = append(keys, "deleted_"+strconv.FormatInt(jobID, 10)+"_"+strconv.FormatInt(buildID, 10))
 	}
-	for _, k := range keys {
-		n, err := m.rdb.Exists(ctx, k).Result()
-		if err != nil {
-			return false, fmt.Errorf("checking whether build %d was stopped: %w", buildID, err)
+	// One round trip: the EXISTS calls are pipelined (go-redis sends each
+	// to its own slot's node on a cluster).
+	cmds := make([]*redis.IntCmd, len(keys))
+	_, err := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Exists(ctx, k)
 		}
-		if n > 0 {
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("checking whether build %d was stopped: %w", buildID, err)
+	}
+	for _, c := range cmds {
+		if c.Val() > 0 {
 			return true, nil
 		}
 	}

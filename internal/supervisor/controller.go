@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -62,8 +63,10 @@ type RulesSource interface {
 
 // Deps are what the supervisor works with.
 type Deps struct {
-	// Client patches pods, watches events and holds the leader Lease.
+	// Client watches events, patches Secrets and holds the leader Lease;
+	// Metadata watches the Secrets' metadata (the supervision records).
 	Client   kubernetes.Interface
+	Metadata metadata.Interface
 	Cache    *Cache
 	Pods     Pods
 	Reporter Reporter
@@ -196,10 +199,15 @@ func (s *Supervisor) lead(ctx context.Context) {
 	}()
 
 	termCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	events := newEventCache(s.deps.Client, s.opts.Namespace)
 	events.start(termCtx)
-	defer events.shutdown()
+	records := newRecordCache(s.deps.Metadata, s.opts.Namespace)
+	records.start(termCtx)
+	defer func() {
+		cancel() // the caches stop only once their context is done
+		events.shutdown()
+		records.shutdown()
+	}()
 	if _, err := events.addHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.enqueueEvent(q, obj) },
 		UpdateFunc: func(_, obj any) { s.enqueueEvent(q, obj) },
@@ -221,7 +229,7 @@ func (s *Supervisor) lead(ctx context.Context) {
 			s.log.Warn("removing the pod handler failed", zap.Error(err))
 		}
 	}()
-	if !cache.WaitForCacheSync(termCtx.Done(), events.hasSynced) {
+	if !cache.WaitForCacheSync(termCtx.Done(), events.hasSynced, records.hasSynced) {
 		q.ShutDown()
 		return
 	}
@@ -250,7 +258,7 @@ func (s *Supervisor) lead(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for s.processNext(termCtx, q, events) {
+			for s.processNext(termCtx, q, caches{events, records}) {
 			}
 		}()
 	}
@@ -293,13 +301,19 @@ func (s *Supervisor) enqueueEvent(q workqueue.TypedRateLimitingInterface[string]
 	}
 }
 
-func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], events *eventCache) bool {
+// caches are the leader's own caches.
+type caches struct {
+	events  *eventCache
+	records *recordCache
+}
+
+func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], c caches) bool {
 	key, shutdown := q.Get()
 	if shutdown {
 		return false
 	}
 	defer q.Done(key)
-	recheck, err := s.sync(ctx, key, events)
+	recheck, err := s.sync(ctx, key, c)
 	var wait *notYet
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -339,9 +353,9 @@ func (e *notYet) Error() string { return e.why }
 // sync plans a build from the cache and carries the plan out. The records
 // of what was done are patched on the pod after the actions, in one patch;
 // deletes come last.
-func (s *Supervisor) sync(ctx context.Context, key string, events *eventCache) (time.Duration, error) {
-	pods := s.withRecords(s.deps.Cache.PodsOfBuild(key))
-	p := planBuild(pods, events.of, time.Now(), planOptions{
+func (s *Supervisor) sync(ctx context.Context, key string, c caches) (time.Duration, error) {
+	pods := s.view(s.deps.Cache.PodsOfBuild(key), c.records)
+	p := planBuild(pods, c.events.of, time.Now(), planOptions{
 		assess: s.opts.Assess, earlyExit: s.opts.Assess.Exit139Window, fallback: s.opts.Fallback,
 	})
 	records := map[*corev1.Pod]map[string]string{}
@@ -540,35 +554,38 @@ func (s *Supervisor) finish(pod *corev1.Pod, v Verdict, log *zap.Logger) {
 	}
 }
 
-// withRecords overlays the records this process wrote and the cache does
-// not show yet. Records only ever get added, so an overlay is never stale;
-// it is dropped once the cache has caught up.
-func (s *Supervisor) withRecords(pods []*corev1.Pod) []*corev1.Pod {
+// view is what the plan sees of a build's pods: each pod with the records
+// of its Secret merged into its annotations, plus the records this process
+// wrote that the cache does not show yet. Records only ever get added, so
+// an overlay is never stale; it is dropped once the cache has caught up.
+func (s *Supervisor) view(pods []*corev1.Pod, records *recordCache) []*corev1.Pod {
 	s.writtenMu.Lock()
 	defer s.writtenMu.Unlock()
 	for i, p := range pods {
+		rec := records.of(p.Name)
 		w, ok := s.written[p.UID]
-		if !ok {
-			continue
-		}
-		behind := false
-		for k, v := range w {
-			if p.Annotations[k] != v {
-				behind = true
-				break
+		if ok {
+			behind := false
+			for k, v := range w {
+				if rec[k] != v {
+					behind = true
+					break
+				}
+			}
+			if !behind {
+				delete(s.written, p.UID)
+				w = nil
 			}
 		}
-		if !behind {
-			delete(s.written, p.UID)
+		if len(rec) == 0 && len(w) == 0 {
 			continue
 		}
 		c := *p // the cache's object is shared: never modify it
-		c.Annotations = make(map[string]string, len(p.Annotations)+len(w))
-		for k, v := range p.Annotations {
-			c.Annotations[k] = v
-		}
-		for k, v := range w {
-			c.Annotations[k] = v
+		c.Annotations = make(map[string]string, len(p.Annotations)+len(rec)+len(w))
+		for _, m := range []map[string]string{p.Annotations, rec, w} {
+			for k, v := range m {
+				c.Annotations[k] = v
+			}
 		}
 		pods[i] = &c
 	}
@@ -588,8 +605,8 @@ func (s *Supervisor) forget(obj any) {
 	}
 }
 
-// record patches supervision records onto a pod. A pod gone meanwhile has
-// nothing left to record.
+// record patches supervision records onto the pod's Secret. A Secret gone
+// meanwhile (its pod was deleted) has nothing left to record.
 func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, annotations map[string]string) error {
 	patch, err := jsonAnnotationsPatch(annotations)
 	if err != nil {
@@ -597,12 +614,13 @@ func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, annotations ma
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 	defer cancel()
-	_, err = s.deps.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	name := executor.TokenSecretName(pod.Name)
+	_, err = s.deps.Client.CoreV1().Secrets(pod.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil
 	case err != nil:
-		return fmt.Errorf("recording supervision state on pod %s: %w", pod.Name, err)
+		return fmt.Errorf("recording supervision state on secret %s of pod %s: %w", name, pod.Name, err)
 	}
 	s.writtenMu.Lock()
 	defer s.writtenMu.Unlock()

@@ -19,7 +19,7 @@ import (
 // downExecutor is a Kubernetes side whose breaker is open.
 type downExecutor struct{}
 
-func (downExecutor) Start(context.Context, *build.Config, weightage.Decision) (*executor.StartResult, error) {
+func (downExecutor) StartWith(context.Context, *build.Config, weightage.Decision, int, func(context.Context) error) (*executor.StartResult, error) {
 	return nil, fmt.Errorf("creating pod: %w", breaker.ErrOpen)
 }
 func (downExecutor) Stop(context.Context, int64) error {

@@ -35,9 +35,10 @@ const (
 // Classes are the job classes the worker handles.
 var Classes = []string{ClassStart, ClassStop, ClassReport, ClassVerify}
 
-// Executor creates and deletes build pods.
+// Executor creates and deletes build pods. StartWith runs afterPod once
+// the pod exists, alongside the rest of the start.
 type Executor interface {
-	Start(ctx context.Context, b *build.Config, d weightage.Decision) (*executor.StartResult, error)
+	StartWith(ctx context.Context, b *build.Config, d weightage.Decision, attempt int, afterPod func(context.Context) error) (*executor.StartResult, error)
 	Stop(ctx context.Context, buildID int64) error
 }
 
@@ -229,7 +230,21 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) queue
 }
 
 func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) queue.Outcome {
-	if stopped, err := w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
+	// The stop check and the routing decision (which reads the learned
+	// exclusions) are independent Redis reads: one round trip for both.
+	stopCheck := make(chan error, 1)
+	var stopped bool
+	go func() {
+		var err error
+		stopped, err = w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID)
+		stopCheck <- err
+	}()
+	var d routing.Decision
+	var decideErr error
+	if !b.VirtualJob {
+		d, decideErr = w.deps.Router.Decide(ctx, b)
+	}
+	if err := <-stopCheck; err != nil {
 		return queue.Retry(err)
 	} else if stopped {
 		log.Info("build was stopped before it started; not launching it")
@@ -243,9 +258,8 @@ func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) q
 		log.Info("virtual job: nothing to launch")
 		return queue.Done()
 	}
-	d, err := w.deps.Router.Decide(ctx, b)
-	if err != nil {
-		return queue.Retry(err)
+	if decideErr != nil {
+		return queue.Retry(decideErr)
 	}
 	if d.IgnoredExecutor != "" {
 		log.Warn("executor annotation names no known executor; routing by the other rules", zap.String("executor", d.IgnoredExecutor))
@@ -255,26 +269,32 @@ func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) q
 		log.Info("start waits", zap.String("runtime", string(d.Runtime)), zap.String("reason", d.Wait.Message))
 		return queue.Postpone(w.opts.HoldDelay, d.Wait.Message)
 	}
-	res, err := w.deps.Executor.Start(ctx, b, d.Decision)
-	if err != nil {
+	// A stop handled while we were creating may have found no pod to
+	// delete: look again once the pod exists.
+	var stoppedMeanwhile bool
+	res, err := w.deps.Executor.StartWith(ctx, b, d.Decision, 0, func(ctx context.Context) error {
+		var err error
+		stoppedMeanwhile, err = w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID)
+		return err
+	})
+	if err != nil && res == nil {
 		return w.kubeFailed(err, "PodRejected")
+	}
+	if err != nil {
+		return queue.Retry(err) // the pod exists; the stop re-check failed
 	}
 	if res.Created {
 		w.m.Decisions.WithLabelValues(string(d.Runtime), string(d.Rule)).Inc()
 		if d.Rule == weightage.RuleExcluded {
 			w.m.ExclusionHits.WithLabelValues(d.Pattern).Inc()
 		}
-		// A stop handled while we were creating may have found no pod to
-		// delete: look again now that the pod exists.
-		if stopped, err := w.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil {
-			return queue.Retry(err)
-		} else if stopped {
-			log.Info("build was stopped while its pod was being created; deleting its pods")
-			if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
-				return w.kubeFailed(err, "StopRejected")
-			}
-			return queue.Done()
+	}
+	if stoppedMeanwhile {
+		log.Info("build was stopped while its pod was being created; deleting its pods")
+		if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
+			return w.kubeFailed(err, "StopRejected")
 		}
+		return queue.Done()
 	}
 	log.Info("build started",
 		zap.String("runtime", string(res.Runtime)),

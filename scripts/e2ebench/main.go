@@ -46,8 +46,13 @@ import (
 
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/config"
+	"github.com/sdkata/queue-worker/internal/exclusion"
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/queue"
+	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/weightage"
+	"github.com/sdkata/queue-worker/internal/worker"
+	"go.uber.org/zap"
 )
 
 type flags struct {
@@ -196,8 +201,45 @@ type side interface {
 // bareSide is a plain client-go loop: Secret then Pod, the same objects
 // queue-worker makes, c goroutines.
 type bareSide struct {
-	b  *bench
-	ns string
+	b          *bench
+	ns         string
+	execOnce   sync.Once
+	exec       *executor.Executor
+	workerOnce sync.Once
+	inproc     func(ctx context.Context, id int64) error
+	// held makes its pods hyperd pods whose nodes match nothing (Pending).
+	held bool
+}
+
+// startInProcess runs the worker's Handle directly (no queue), with the
+// daemon's client settings: does the worker path cost more than the loop?
+func (s *bareSide) startInProcess() func(ctx context.Context, id int64) error {
+	o := s.b.opts
+	o.Namespace = s.ns
+	rc := rest.CopyConfig(s.b.rc)
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	kube := kubernetes.NewForConfigOrDie(rc)
+	exec := executor.New(executor.Deps{Client: kube}, o)
+	rdb := s.b.redis.client
+	keys := queue.NewKeys("resque")
+	pct := 100.0
+	rules, _ := weightage.NewRules(weightage.RulesSpec{KataPercent: &pct, Default: weightage.Hyperd})
+	holder := weightage.NewHolder(rules)
+	w := worker.New(worker.Deps{Executor: exec, Configs: queue.NewBuildConfigs(rdb, "", time.Second),
+		Marks: queue.NewStopMarks(rdb, keys, time.Hour, time.Second), Log: zap.NewNop(),
+		Router: routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: exclusion.NewStore(rdb, "resque", time.Hour, time.Second)})}, worker.Options{})
+	return func(ctx context.Context, id int64) error {
+		raw := fmt.Sprintf(`{"class":"start","queue":"builds","args":[{"buildId":%d,"jobId":%d,"pipelineId":42,"container":"node:18","apiUri":%q,"token":"jwt-%d","pipeline":{"id":42}}]}`, id, id, s.b.ciURL, id)
+		j, err := queue.ParseJob([]byte(raw), "builds")
+		if err != nil {
+			return err
+		}
+		if out := w.Handle(ctx, j); out.Err() != nil {
+			return out.Err()
+		}
+		return nil
+	}
 }
 
 func (s *bareSide) name() string { return "bare client-go" }
@@ -206,9 +248,38 @@ func (s *bareSide) create(ctx context.Context, id int64) error {
 	bc := s.b.buildConfig(id, "node:18")
 	opts := s.b.opts
 	opts.Namespace = s.ns
-	pod := executor.PodSpec(&opts, bc, weightage.Decision{Runtime: weightage.Kata, Rule: weightage.RuleWeighted, Bucket: 1}, 0)
-	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: executor.TokenSecretName(pod.Name), Labels: map[string]string{executor.LabelBuild: pod.Labels[executor.LabelBuild]}},
+	d := weightage.Decision{Runtime: weightage.Kata, Rule: weightage.RuleWeighted, Bucket: 1}
+	if s.held {
+		d = weightage.Decision{Runtime: weightage.Hyperd, Rule: weightage.RuleExcluded, Bucket: -1}
+		opts.Hyperd.NodeSelectors = map[string]string{"dedicated": "nowhere"}
+	}
+	pod := executor.PodSpec(&opts, bc, d, 0)
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: executor.TokenSecretName(pod.Name),
+		Labels: map[string]string{executor.LabelBuild: pod.Labels[executor.LabelBuild], executor.LabelManaged: "queue-worker"}},
 		StringData: map[string]string{"token": bc.Token}}
+	if os.Getenv("BARE_VIA_WORKER") != "" {
+		s.workerOnce.Do(func() { s.inproc = s.startInProcess() })
+		return s.inproc(ctx, id)
+	}
+	if os.Getenv("BARE_VIA_EXECUTOR") != "" {
+		o := s.b.opts
+		o.Namespace = s.ns
+		rc := rest.CopyConfig(s.b.rc)
+		rc.ContentType = "application/vnd.kubernetes.protobuf"
+		rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+		s.execOnce.Do(func() { s.exec = executor.New(executor.Deps{Client: kubernetes.NewForConfigOrDie(rc)}, o) })
+		_, err := s.exec.StartWith(ctx, bc, weightage.Decision{Runtime: weightage.Kata, Rule: weightage.RuleWeighted, Bucket: 1}, 0, nil)
+		return err
+	}
+	if os.Getenv("BARE_LIKE_QW") != "" {
+		created, err := s.b.kube.CoreV1().Pods(s.ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		sec.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: created.UID}}
+		_, err = s.b.kube.CoreV1().Secrets(s.ns).Create(ctx, sec, metav1.CreateOptions{})
+		return err
+	}
 	if _, err := s.b.kube.CoreV1().Secrets(s.ns).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 		return err
 	}
@@ -279,7 +350,37 @@ type workerSide struct {
 	ns string
 	d  *daemonProc
 	// prefix and resque namespace of this daemon's queue
-	prefix string
+	prefix     string
+	inprocStop func()
+}
+
+// runInProcess runs a consumer + worker in this process on the same queue
+// (diagnosis: is the daemon process the difference?).
+func (s *workerSide) runInProcess() func() {
+	s.d.stop() // the daemon must not compete for the queue
+	o := s.b.opts
+	o.Namespace = s.ns
+	rc := rest.CopyConfig(s.b.rc)
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	exec := executor.New(executor.Deps{Client: kubernetes.NewForConfigOrDie(rc)}, o)
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(s.b.redis.port), PoolSize: 32})
+	keys := queue.NewKeys("resque")
+	pct := 100.0
+	rules, _ := weightage.NewRules(weightage.RulesSpec{KataPercent: &pct, Default: weightage.Hyperd})
+	w := worker.New(worker.Deps{Executor: exec, Configs: queue.NewBuildConfigs(rdb, s.prefix, time.Second),
+		Marks: queue.NewStopMarks(rdb, keys, time.Hour, time.Second), Log: zap.NewNop(),
+		Router: routing.NewDecider(routing.DeciderDeps{Rules: weightage.NewHolder(rules), Learned: exclusion.NewStore(rdb, "resque", time.Hour, time.Second)})}, worker.Options{})
+	c, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: zap.NewNop()}, queue.Options{
+		Queues: []string{s.prefix + "builds"}, Concurrency: s.b.f.c, WorkerName: "inproc:1", BlockTimeout: time.Second,
+		OperationTimeout: 5 * time.Second, DrainTimeout: 5 * time.Second, Retry: queue.RetryPolicy{MaxRetries: 1, Delay: time.Second}})
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx, w); close(done) }()
+	return func() { cancel(); <-done }
 }
 
 func (s *workerSide) name() string { return "queue-worker" }
@@ -298,6 +399,9 @@ func (s *workerSide) burst(ctx context.Context, n int) (time.Duration, error) {
 }
 
 func (s *workerSide) burstImage(ctx context.Context, n int, image string) (time.Duration, error) {
+	if os.Getenv("QW_INPROC") != "" && s.inprocStop == nil {
+		s.inprocStop = s.runInProcess()
+	}
 	before, _ := s.b.redis.client.Get(ctx, "resque:stat:processed").Int64()
 	pipe := s.b.redis.client.Pipeline()
 	start := time.Now()
@@ -430,6 +534,9 @@ func (b *bench) startWorker(ctx context.Context, tag string, extra map[string]st
 		"K8S_CLIENT_QPS": strconv.FormatFloat(b.f.qps, 'f', -1, 64), "K8S_CLIENT_BURST": strconv.Itoa(int(2 * b.f.qps)),
 		"ECOSYSTEM_API": b.ciURL, "LOG_LEVEL": "warn",
 	}
+	if b.f.profileDir != "" {
+		env["HTTPD_PROFILING"] = "true"
+	}
 	for _, m := range []map[string]string{b.startEnv, extra} {
 		for k, v := range m {
 			env[k] = v
@@ -494,9 +601,11 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 			}
 			settle()
 			prof := b.profile(ctx, fmt.Sprintf("qw-%d", rep+1))
+			dprof := ws.d.profile(b.f.profileDir, fmt.Sprintf("queue-worker-%d", rep+1))
 			cpu0 := cpuByProcess()
 			took, err := ws.burst(ctx, b.f.n)
 			prof()
+			dprof()
 			if err != nil {
 				return fmt.Errorf("queue-worker burst: %w", err)
 			}
@@ -524,32 +633,50 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 }
 
 // ratePart: the bare loop's create latency and queue-worker's enqueue→pod
-// latency at the same fixed rate.
+// latency at the same fixed rate, each side alone in its own namespace.
 func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.Context, s *workerSide, bare *bareSide) error) error {
 	ctx := context.Background()
-	ns, err := b.newNamespace(ctx, "bare")
-	if err != nil {
-		return err
-	}
-	bs := &bareSide{b: b, ns: ns}
-	ws, err := b.startWorker(ctx, "qw", nil)
-	if err != nil {
-		return err
-	}
-	defer b.stopWorker(ctx, ws)
-	defer b.dropNamespace(ctx, ns)
-	if hold != nil {
-		if err := hold(ctx, ws, bs); err != nil {
+	var bl, wl []time.Duration
+	err := func() error {
+		ns, err := b.newNamespace(ctx, "bare")
+		if err != nil {
 			return err
 		}
-	}
-	bl, err := bs.rate(ctx, b.f.rate, b.f.rateFor)
+		defer b.dropNamespace(ctx, ns)
+		bs := &bareSide{b: b, ns: ns}
+		if hold != nil {
+			if err := hold(ctx, nil, bs); err != nil {
+				return err
+			}
+		}
+		settle()
+		if bl, err = bs.rate(ctx, b.f.rate, b.f.rateFor); err != nil {
+			return fmt.Errorf("bare rate: %w", err)
+		}
+		return nil
+	}()
 	if err != nil {
-		return fmt.Errorf("bare rate: %w", err)
+		return err
 	}
-	wl, err := ws.rate(ctx, b.f.rate, b.f.rateFor)
+	err = func() error {
+		ws, err := b.startWorker(ctx, "qw", nil)
+		if err != nil {
+			return err
+		}
+		defer b.stopWorker(ctx, ws)
+		if hold != nil {
+			if err := hold(ctx, ws, nil); err != nil {
+				return err
+			}
+		}
+		settle()
+		if wl, err = ws.rate(ctx, b.f.rate, b.f.rateFor); err != nil {
+			return fmt.Errorf("queue-worker rate: %w", err)
+		}
+		return nil
+	}()
 	if err != nil {
-		return fmt.Errorf("queue-worker rate: %w", err)
+		return err
 	}
 	bp, wp := percentiles(bl), percentiles(wl)
 	emit(fmt.Sprintf("| %d builds/s for %s, %s: p50 / p99 | bare create (Secret+Pod) %s / %s | enqueue→pod %s / %s | **p99 %.2f×** | n=%d / %d |",
@@ -593,6 +720,14 @@ func (b *bench) fullPart(emit func(string)) error {
 	// The same burst and rate, each into a namespace that holds M pending
 	// builds of its own side, supervised (queue-worker) or not (bare).
 	hold := func(ctx context.Context, s *workerSide, bare *bareSide) error {
+		if bare != nil {
+			bare.held = true
+			defer func() { bare.held = false }()
+			if _, err := bare.burst(ctx, b.f.held); err != nil {
+				return err
+			}
+			return b.waitPending(ctx, bare.ns, b.f.held)
+		}
 		if _, err := s.burstImage(ctx, b.f.held, "registry.example/held:1"); err != nil {
 			return err
 		}
@@ -714,9 +849,14 @@ func startDaemon(bin, configDir string, env map[string]string) (*daemonProc, err
 	ln.Close()
 	d := &daemonProc{port: port}
 	d.cmd = exec.Command(bin, "run", "--config-dir", configDir)
-	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOST=127.0.0.1", "PORT=" + strconv.Itoa(port), "GOMAXPROCS=" + strconv.Itoa(numCPU())}
+	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOST=127.0.0.1", "PORT=" + strconv.Itoa(port), "GOMAXPROCS=" + strconv.Itoa(daemonProcs())}
 	for k, v := range env {
 		d.cmd.Env = append(d.cmd.Env, k+"="+v)
+	}
+	for _, kv := range os.Environ() { // QW_*: diagnosis switches for the daemon
+		if strings.HasPrefix(kv, "QW_") {
+			d.cmd.Env = append(d.cmd.Env, kv)
+		}
 	}
 	d.cmd.Stderr = os.Stderr
 	if err := d.cmd.Start(); err != nil {
@@ -736,7 +876,9 @@ func startDaemon(bin, configDir string, env map[string]string) (*daemonProc, err
 	return nil, errors.New("queue-worker did not become ready")
 }
 
-func (d *daemonProc) url(path string) string { return "http://127.0.0.1:" + strconv.Itoa(d.port) + path }
+func (d *daemonProc) url(path string) string {
+	return "http://127.0.0.1:" + strconv.Itoa(d.port) + path
+}
 
 func (d *daemonProc) stop() {
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
@@ -772,6 +914,27 @@ func (d *daemonProc) metric(name string) float64 {
 		}
 	}
 	return 0
+}
+
+// profile takes an 8s CPU profile of the daemon (it runs with
+// HTTPD_PROFILING when -profile is set) and returns a wait for it.
+func (d *daemonProc) profile(dir, name string) func() {
+	if dir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(d.url("/debug/pprof/profile?seconds=8"))
+		if err != nil {
+			logf("daemon profile: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		_ = os.WriteFile(filepath.Join(dir, name+".pprof"), raw, 0o644)
+	}()
+	return func() { <-done }
 }
 
 func (d *daemonProc) heapInuse() float64 { return d.metric("go_memstats_heap_inuse_bytes") }
@@ -968,4 +1131,12 @@ func (c cpuTimes) perBuild(n int) string {
 		parts = append(parts, fmt.Sprintf("%s %.1f", k, 1000*c[k]/float64(n)))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// daemonProcs is the daemon's GOMAXPROCS: $BENCH_DAEMON_PROCS, else the CPUs.
+func daemonProcs() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_DAEMON_PROCS")); err == nil && n > 0 {
+		return n
+	}
+	return numCPU()
 }

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/ciapi"
@@ -102,7 +103,8 @@ func Start(t *testing.T, o Options) *Stack {
 		t.Fatal(err)
 	}
 	sup := supervisor.New(supervisor.Deps{
-		Client: kube, Cache: pods, Pods: exec, Reporter: reporter, Learner: learned, Marks: marks, Configs: configs,
+		Client: kube, Metadata: metadata.NewForConfigOrDie(testbed.RestConfig(t)), Cache: pods, Pods: exec, Reporter: reporter,
+		Learner: learned, Marks: marks, Configs: configs,
 		Rules: holder, Log: log.Named("supervisor"),
 	}, supervisor.Options{
 		Namespace: ns, Workers: 4, Fallback: true, DefaultAPIURI: ci.URL(),
