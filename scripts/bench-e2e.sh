@@ -11,6 +11,6 @@ cleanup() { if [ "$started_cluster" = 1 ]; then scripts/dev-cluster.sh down || t
 trap cleanup EXIT
 eval "$(scripts/dev-cluster.sh up)"
 mkdir -p bin
-go build -trimpath -o bin/queue-worker ./cmd/queue-worker
+go build -trimpath -ldflags "-s -w" -o bin/queue-worker ./cmd/queue-worker   # as `make build`
 go build -trimpath -o bin/e2ebench ./scripts/e2ebench
 bin/e2ebench -kubeconfig "$KUBECONFIG" "$@"

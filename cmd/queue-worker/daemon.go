@@ -43,6 +43,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	logging.RouteKlog(log.Named("client-go"))
 
 	rules, err := routing.Rules(cfg)
 	if err != nil {
@@ -228,7 +229,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		runErr = err
 	}
 	// Health and metrics stay up through the drain; stop them, and wait,
-	// before the deferred closes of Redis and the watch cache.
+	// before the deferred closes of Redis and the pod cache.
 	stopHTTP()
 	<-httpDone
 	if runErr != nil {

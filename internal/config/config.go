@@ -106,7 +106,7 @@ type KataKubernetes struct {
 	Resources                     Resources `yaml:"resources" mapstructure:"resources"`
 	TerminationGracePeriodSeconds int       `yaml:"terminationGracePeriodSeconds" mapstructure:"terminationGracePeriodSeconds"`
 	// MaxTerminationGracePeriodSeconds caps the grace period a build may ask
-	// for with its annotation (the reference had no cap, defect 25).
+	// for with its annotation (the reference had no cap).
 	MaxTerminationGracePeriodSeconds int `yaml:"maxTerminationGracePeriodSeconds" mapstructure:"maxTerminationGracePeriodSeconds"`
 	// DockerImage is the docker-in-docker sidecar's image (the reference
 	// hard-coded docker:20.10-dind).

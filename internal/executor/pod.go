@@ -100,7 +100,7 @@ func annotationInt(b *build.Config, name string) (int, bool) {
 }
 
 // gracePeriod is max(annotation, config) as in the reference, capped by
-// maxSeconds (the reference had no cap, defect 25).
+// maxSeconds (the reference had no cap).
 func gracePeriod(b *build.Config, configured, maxSeconds int) int64 {
 	g := configured
 	if n, ok := annotationInt(b, "terminationGracePeriodSeconds"); ok && n > g {
@@ -131,7 +131,7 @@ func dockerRequested(b *build.Config) bool {
 }
 
 // prJobName matches PR jobs: "PR-<n>" or "PR-<n>:<job>". Go regexps keep no
-// match state between calls (the reference's global-flag regex did, defect 29).
+// match state between calls (the reference's global-flag regex did).
 var prJobName = regexp.MustCompile(`^PR-[0-9]+(?::.+)?$`)
 
 // isPRJob: the job name says PR, or the API flagged the build as one.
@@ -254,7 +254,7 @@ func tokenEnvVar(podName string) corev1.EnvVar {
 }
 
 // hostPath puts the type under hostPath, where Kubernetes checks it (the
-// reference put it one level up, where it was dropped: defect 26).
+// reference put it one level up, where it was dropped).
 func hostPath(name, p string, t corev1.HostPathType) corev1.Volume {
 	src := &corev1.HostPathVolumeSource{Path: p}
 	if t != "" {

@@ -266,7 +266,7 @@ func lineDiff(want, got string) string {
 
 // TestPodGolden_NoLiteralToken: the build token reaches the pod only through
 // the per-build Secret (env valueFrom), never as a literal anywhere in the
-// spec (defect 21).
+// spec (the reference put it in env values).
 func TestPodGolden_NoLiteralToken(t *testing.T) {
 	for _, gc := range goldenCases() {
 		t.Run(gc.name, func(t *testing.T) {

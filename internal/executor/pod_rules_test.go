@@ -11,8 +11,8 @@ import (
 )
 
 func TestIsPRJob_StatelessAcrossCalls(t *testing.T) {
-	// The reference's global-flag regex alternated on repeated matches
-	// (defect 29); ours must answer the same every time.
+	// The reference's global-flag regex alternated on repeated matches (it
+	// kept state between calls); ours must answer the same every time.
 	for i := range 6 {
 		for name, want := range map[string]bool{
 			"PR-12": true, "PR-12:main": true, "PR-1:a:b": true,

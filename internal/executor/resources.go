@@ -120,8 +120,8 @@ func withRequests(limits corev1.ResourceList, r config.RequestRatios) corev1.Res
 	return corev1.ResourceRequirements{Limits: limits, Requests: req}
 }
 
-// launcherResources are the init container's requests = limits (defect 27:
-// the reference gave it none). A quantity that does not parse (only possible
+// launcherResources are the init container's requests = limits (the
+// reference gave it none). A quantity that does not parse (only possible
 // for a Config built in code and not validated) is left out.
 func launcherResources(l config.LauncherResources) corev1.ResourceRequirements {
 	rl := corev1.ResourceList{}

@@ -3,8 +3,10 @@ package logging
 import (
 	"fmt"
 
+	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
 )
 
 // New builds a logger; format is json or console, level debug|info|warn|error.
@@ -30,4 +32,10 @@ func New(level, format string) (*zap.Logger, error) {
 	cfg.OutputPaths = []string{"stderr"}
 	cfg.ErrorOutputPaths = []string{"stderr"}
 	return cfg.Build()
+}
+
+// RouteKlog sends client-go's own logs (klog: leader election, informers,
+// request retries) through log, so every line is one structured JSON line.
+func RouteKlog(log *zap.Logger) {
+	klog.SetLogger(zapr.NewLogger(log))
 }

@@ -23,7 +23,7 @@ type Job struct {
 	// these bytes from the in-flight list.
 	Raw []byte
 	// rawArgsOverride, when set, is the args array to render instead of
-	// Args (a follow-up job built from a Go value).
+	// Args (a job built from Go values, see NewJob).
 	rawArgsOverride json.RawMessage
 	// prefetched says the previous job's settle took this one.
 	prefetched bool

@@ -137,26 +137,29 @@ func (c *Cache) removeHandler(r cache.ResourceEventHandlerRegistration) error {
 // decision and the supervision record.
 const annotationPrefix = "queue-worker.screwdriver.cd/"
 
-// trimPod keeps what supervision and the budgets read: names, labels, our
-// annotations, the node, and the status without what verdicts never look
-// at. A build pod's spec (containers, env, volumes, affinity) and its
-// managedFields are most of its size and are never read from the cache.
+// trimPod keeps what supervision and the budgets read: names, the two
+// labels they select on, our annotations, the node, and the status without
+// what verdicts never look at. A build pod's spec (containers, env,
+// volumes, affinity), its other labels and its managedFields are most of
+// its size and are never read from the cache.
 func trimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil // tombstones and the like pass unchanged
 	}
 	t := &corev1.Pod{
-		TypeMeta: p.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 			CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp,
-			Labels: p.Labels,
+			Labels: map[string]string{
+				executor.LabelBuild:   p.Labels[executor.LabelBuild],
+				executor.LabelRuntime: p.Labels[executor.LabelRuntime],
+			},
 		},
 		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName},
 		Status: corev1.PodStatus{
 			Phase: p.Status.Phase, Reason: p.Status.Reason, Message: p.Status.Message,
-			Conditions: p.Status.Conditions, StartTime: p.Status.StartTime,
+			Conditions: trimConditions(p.Status.Conditions), StartTime: p.Status.StartTime,
 			InitContainerStatuses: trimStatuses(p.Status.InitContainerStatuses),
 			ContainerStatuses:     trimStatuses(p.Status.ContainerStatuses),
 		},
@@ -172,13 +175,28 @@ func trimPod(obj any) (any, error) {
 	return t, nil
 }
 
+// trimConditions keeps the conditions verdicts and setup times read, with
+// a message only where one is shown (why a pod is unschedulable).
+func trimConditions(in []corev1.PodCondition) []corev1.PodCondition {
+	out := make([]corev1.PodCondition, 0, len(in))
+	for _, c := range in {
+		switch c.Type {
+		case corev1.PodScheduled:
+			out = append(out, corev1.PodCondition{Type: c.Type, Status: c.Status, Reason: c.Reason, Message: c.Message, LastTransitionTime: c.LastTransitionTime})
+		case corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.ContainersReady:
+			out = append(out, corev1.PodCondition{Type: c.Type, Status: c.Status, LastTransitionTime: c.LastTransitionTime})
+		}
+	}
+	return out
+}
+
 func trimStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 	if len(in) == 0 {
 		return nil
 	}
 	out := make([]corev1.ContainerStatus, len(in))
 	for i, cs := range in {
-		out[i] = corev1.ContainerStatus{Name: cs.Name, Image: cs.Image, State: cs.State, Ready: cs.Ready, RestartCount: cs.RestartCount}
+		out[i] = corev1.ContainerStatus{Name: cs.Name, Image: cs.Image, State: cs.State}
 	}
 	return out
 }

@@ -319,12 +319,12 @@ func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimit
 	case err != nil && ctx.Err() != nil:
 		// Leadership ended mid-sync: the next leader syncs this build.
 	case errors.As(err, &wait):
-		s.log.Debug("build not ready for its next step; looking again soon", zap.String("build", key), zap.String("reason", wait.why))
+		s.log.Debug("build not ready for its next step; looking again soon", zap.String("build_key", key), zap.String("reason", wait.why))
 		q.Forget(key)
 		q.AddAfter(key, wait.after)
 	case err != nil:
 		s.m.Syncs.WithLabelValues("error").Inc()
-		s.log.Warn("build sync failed; retrying with backoff", zap.String("build", key),
+		s.log.Warn("build sync failed; retrying with backoff", zap.String("build_key", key),
 			zap.Int("retries", q.NumRequeues(key)), zap.Error(err))
 		q.AddRateLimited(key)
 	default:
@@ -365,7 +365,7 @@ func (s *Supervisor) sync(ctx context.Context, key string, c caches) (time.Durat
 		if st.kind == stepDelete {
 			continue
 		}
-		log := s.log.With(zap.String("build", key), zap.String("pod", st.pod.Name), zap.String("runtime", string(runtimeOf(st.pod))))
+		log := s.log.With(zap.Int64("build_id", buildIDOf(st.pod)), zap.String("pod", st.pod.Name), zap.String("runtime", string(runtimeOf(st.pod))))
 		if err := s.act(ctx, st, log); err != nil {
 			firstErr = fmt.Errorf("%s for pod %s: %w", st.kind.action(), st.pod.Name, err)
 			break
@@ -399,7 +399,7 @@ func (s *Supervisor) sync(ctx context.Context, key string, c caches) (time.Durat
 			return 0, err
 		}
 		s.m.Actions.WithLabelValues(actDeletePod).Inc()
-		s.log.Info("deleted build pod", zap.String("build", key), zap.String("pod", st.pod.Name), zap.String("reason", st.why))
+		s.log.Info("deleted build pod", zap.Int64("build_id", buildIDOf(st.pod)), zap.String("pod", st.pod.Name), zap.String("reason", st.why))
 	}
 	return p.recheck, nil
 }
@@ -461,10 +461,10 @@ func (s *Supervisor) report(ctx context.Context, pod *corev1.Pod, call func(ctx 
 	err = call(rctx, api, rec.BuildID, rec.Token)
 	switch {
 	case err == nil:
-		log.Info(done, zap.Int64("build_id", rec.BuildID))
+		log.Info(done)
 		return nil
 	case ciapi.IsRejected(err):
-		log.Error("the CI API rejected the update; not retrying", zap.Int64("build_id", rec.BuildID), zap.Error(err))
+		log.Error("the CI API rejected the update; not retrying", zap.Error(err))
 		return nil
 	}
 	return fmt.Errorf("reporting build %d: %w", rec.BuildID, err)
@@ -526,7 +526,7 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 		s.m.Fallbacks.WithLabelValues(string(v.Signature)).Inc()
 	}
 	log.Warn("Kata runtime failure: relaunched the build on hyperd and learned its image as excluded",
-		zap.Int64("build_id", b.BuildID), zap.String("signature", string(v.Signature)), zap.String("reason", v.Reason),
+		zap.String("signature", string(v.Signature)), zap.String("reason", v.Reason),
 		zap.String("message", v.Message), zap.String("relaunch", res.Pod))
 	return nil
 }

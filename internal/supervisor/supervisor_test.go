@@ -248,9 +248,9 @@ func TestSupervisor_InterruptedFallbackIsFinished(t *testing.T) {
 		pods := b.Pods(t, id)
 		return len(pods) == 1 && strings.HasSuffix(pods[0].Name, "-r1")
 	})
-	reqs := b.CI.WaitFor(t, id, func(r []testbed.CIRequest) bool { return len(r) >= 2 }, 30*time.Second)
+	b.CI.WaitFor(t, id, func(r []testbed.CIRequest) bool { return len(r) >= 2 }, 30*time.Second)
 	time.Sleep(time.Second)
-	if reqs = b.CI.RequestsFor(id); hasFailure(reqs) || len(reqs) != 2 {
+	if reqs := b.CI.RequestsFor(id); hasFailure(reqs) || len(reqs) != 2 {
 		t.Fatalf("want one hostname report per pod and no FAILURE: %v", bodies(reqs))
 	}
 }

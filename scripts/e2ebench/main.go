@@ -56,21 +56,19 @@ import (
 )
 
 type flags struct {
-	n, c, reps        int
-	rate              int
-	rateFor           time.Duration
-	held              int
-	idleWindow        time.Duration
-	memPods           int
-	bin, kubeconfig   string
-	configDir         string
-	only              string
-	qps               float64
-	keepNamespaces    bool
-	verbose           bool
-	daemonConcurrency int
-	bareWatch         bool
-	profileDir        string
+	n, c, reps      int
+	rate            int
+	rateFor         time.Duration
+	held            int
+	idleWindow      time.Duration
+	memPods         int
+	bin, kubeconfig string
+	configDir       string
+	only            string
+	qps             float64
+	verbose         bool
+	bareWatch       bool
+	profileDir      string
 }
 
 func main() {
@@ -78,7 +76,7 @@ func main() {
 	flag.IntVar(&f.n, "n", 1000, "builds per burst")
 	flag.IntVar(&f.c, "c", 8, "concurrency of the bare loop and of queue-worker (WORKER_CONCURRENCY)")
 	flag.IntVar(&f.reps, "reps", 3, "burst repetitions per side (median reported)")
-	flag.IntVar(&f.rate, "rate", 100, "builds per second of the fixed-rate run")
+	flag.IntVar(&f.rate, "rate", 0, "builds per second of the fixed-rate run (0: half the bare loop's burst rate measured in this run, else 20)")
 	flag.DurationVar(&f.rateFor, "rate-for", 10*time.Second, "length of the fixed-rate run")
 	flag.IntVar(&f.held, "held", 2000, "builds held Pending for the full-cluster runs (0: skip)")
 	flag.DurationVar(&f.idleWindow, "window", 30*time.Second, "window over which Redis commands/s are counted")
@@ -118,6 +116,21 @@ type bench struct {
 	seq   atomic.Int64
 	// startEnv is added to every daemon's env (the full-cluster runs).
 	startEnv map[string]string
+	// bareRate is the bare loop's median burst rate on the empty cluster.
+	bareRate float64
+}
+
+// rate is the fixed rate of the latency runs: -rate, else half what the
+// bare loop sustained here (a load both sides can carry: beyond capacity a
+// latency percentile only measures how long the run was), else 20/s.
+func (b *bench) rate() int {
+	switch {
+	case b.f.rate > 0:
+		return b.f.rate
+	case b.bareRate > 0:
+		return max(1, int(b.bareRate/2))
+	}
+	return 20
 }
 
 func run(f flags) error {
@@ -163,7 +176,7 @@ func run(f flags) error {
 		fmt.Println(s)
 		report = append(report, s)
 	}
-	emit(fmt.Sprintf("# bench-e2e %s, N=%d C=%d reps=%d rate=%d/s for %s, held=%d, %d CPUs", time.Now().UTC().Format(time.RFC3339), f.n, f.c, f.reps, f.rate, f.rateFor, f.held, numCPU()))
+	emit(fmt.Sprintf("# bench-e2e %s, N=%d C=%d reps=%d rate-for=%s, held=%d, %d CPUs", time.Now().UTC().Format(time.RFC3339), f.n, f.c, f.reps, f.rateFor, f.held, numCPU()))
 	if f.wants("burst") {
 		if err := b.burstPart(emit, "empty cluster", nil); err != nil {
 			return err
@@ -188,15 +201,6 @@ func run(f flags) error {
 }
 
 // ---- the two sides ----------------------------------------------------------
-
-// side is one way to turn builds into pods.
-type side interface {
-	name() string
-	// burst makes n pods at concurrency c and returns the time it took.
-	burst(ctx context.Context, n int) (time.Duration, error)
-	// rate makes builds at r per second for d and returns per-build latencies.
-	rate(ctx context.Context, r int, d time.Duration) ([]time.Duration, error)
-}
 
 // bareSide is a plain client-go loop: Secret then Pod, the same objects
 // queue-worker makes, c goroutines.
@@ -241,8 +245,6 @@ func (s *bareSide) startInProcess() func(ctx context.Context, id int64) error {
 		return nil
 	}
 }
-
-func (s *bareSide) name() string { return "bare client-go" }
 
 func (s *bareSide) create(ctx context.Context, id int64) error {
 	bc := s.b.buildConfig(id, "node:18")
@@ -382,8 +384,6 @@ func (s *workerSide) runInProcess() func() {
 	go func() { _ = c.Run(ctx, w); close(done) }()
 	return func() { cancel(); <-done }
 }
-
-func (s *workerSide) name() string { return "queue-worker" }
 
 func (s *workerSide) queueKey() string { return "resque:queue:" + s.prefix + "builds" }
 
@@ -627,6 +627,9 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 		}
 	}
 	mb, mw := median(bare), median(worker)
+	if hold == nil && b.bareRate == 0 {
+		b.bareRate = mb
+	}
 	emit(fmt.Sprintf("| burst of %d, C=%d, %s | %.1f builds/s | %.1f builds/s | **%.2f×** | runs: bare %s; qw %s |",
 		b.f.n, b.f.c, label, mb, mw, mw/mb, fmtRuns(bare), fmtRuns(worker)))
 	return nil
@@ -650,7 +653,7 @@ func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.
 			}
 		}
 		settle()
-		if bl, err = bs.rate(ctx, b.f.rate, b.f.rateFor); err != nil {
+		if bl, err = bs.rate(ctx, b.rate(), b.f.rateFor); err != nil {
 			return fmt.Errorf("bare rate: %w", err)
 		}
 		return nil
@@ -670,7 +673,7 @@ func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.
 			}
 		}
 		settle()
-		if wl, err = ws.rate(ctx, b.f.rate, b.f.rateFor); err != nil {
+		if wl, err = ws.rate(ctx, b.rate(), b.f.rateFor); err != nil {
 			return fmt.Errorf("queue-worker rate: %w", err)
 		}
 		return nil
@@ -680,7 +683,7 @@ func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.
 	}
 	bp, wp := percentiles(bl), percentiles(wl)
 	emit(fmt.Sprintf("| %d builds/s for %s, %s: p50 / p99 | bare create (Secret+Pod) %s / %s | enqueue→pod %s / %s | **p99 %.2f×** | n=%d / %d |",
-		b.f.rate, b.f.rateFor, label, ms(bp[0]), ms(bp[1]), ms(wp[0]), ms(wp[1]), float64(wp[1])/float64(bp[1]), len(bl), len(wl)))
+		b.rate(), b.f.rateFor, label, ms(bp[0]), ms(bp[1]), ms(wp[0]), ms(wp[1]), float64(wp[1])/float64(bp[1]), len(bl), len(wl)))
 	return nil
 }
 
