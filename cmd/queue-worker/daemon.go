@@ -19,7 +19,6 @@ import (
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -74,10 +73,6 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	if err != nil {
 		return fmt.Errorf("creating kubernetes client: %w", err)
 	}
-	meta, err := metadata.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("creating kubernetes metadata client: %w", err)
-	}
 	ns := cfg.Executor.K8s.Options.Kubernetes.JobsNamespace
 
 	exec := executor.New(executor.Deps{Client: kube, Metrics: executor.NewMetrics(reg)}, executor.Options{
@@ -101,6 +96,10 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	// in its retries.
 	const stopMarkTTL = 24 * time.Hour
 	marks := queue.NewStopMarks(rdb, keys, stopMarkTTL, cfg.Queue.OperationTimeout)
+	// Supervision records are deleted with their pod; the TTL only removes
+	// those of pods deleted while no replica led (a build pod that failed
+	// is deleted by its build's stop long before).
+	const supervisionRecordTTL = 14 * 24 * time.Hour
 	configs := queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout)
 	learned := exclusion.NewStore(rdb, keys.Namespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
 	retry := cfg.Executor.K8s.Options.RequestRetry
@@ -144,7 +143,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			LeaseDuration: le.LeaseDuration, RenewDeadline: le.RenewDeadline, RetryPeriod: le.RetryPeriod}
 	}
 	sup := supervisor.New(supervisor.Deps{
-		Client: kube, Metadata: meta, Cache: pods, Pods: exec, Reporter: ci, Learner: learned, Marks: marks, Configs: configs,
+		Client: kube, Cache: pods, Records: supervisor.NewRedisRecords(rdb, keys.Namespace(), supervisionRecordTTL, cfg.Queue.OperationTimeout), Pods: exec, Reporter: ci, Learner: learned, Marks: marks, Configs: configs,
 		Rules: holder, Log: log.Named("supervisor"), Metrics: supMetrics,
 	}, supOpts)
 

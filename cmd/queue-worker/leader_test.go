@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/supervisor"
 	"github.com/sdkata/queue-worker/internal/testbed"
 )
 
@@ -244,8 +245,8 @@ func TestLeader_KilledMidFallbackNewLeaderFinishes(t *testing.T) {
 		if len(p) != 1 || !ok || r.Labels[executor.LabelRuntime] != "hyperd" || r.Status.Phase != corev1.PodRunning {
 			return false
 		}
-		s, err := kube.CoreV1().Secrets(ns).Get(context.Background(), executor.TokenSecretName(r.Name), metav1.GetOptions{})
-		return err == nil && s.Annotations["queue-worker.screwdriver.cd/reported-node"] != ""
+		node, err := rdb.HGet(context.Background(), rns+":qw:supervision:"+string(r.UID), supervisor.AnnotationReportedNode).Result()
+		return err == nil && node != ""
 	})
 	time.Sleep(2 * time.Second) // anything duplicated would show now
 	hostnames := map[string]int{}

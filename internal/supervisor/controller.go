@@ -10,10 +10,8 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -55,6 +53,14 @@ type BuildConfigs interface {
 	Get(ctx context.Context, buildID int64) ([]byte, error)
 }
 
+// Records keep what supervision has done for each pod (see
+// AnnotationReportedNode), so whichever replica leads next carries on.
+type Records interface {
+	Of(ctx context.Context, uids []types.UID) ([]map[string]string, error)
+	Add(ctx context.Context, uid types.UID, rec map[string]string) error
+	Forget(ctx context.Context, uids []types.UID) error
+}
+
 // RulesSource returns the routing rules in force (their version is
 // recorded on a relaunched pod).
 type RulesSource interface {
@@ -63,11 +69,10 @@ type RulesSource interface {
 
 // Deps are what the supervisor works with.
 type Deps struct {
-	// Client watches events, patches Secrets and holds the leader Lease;
-	// Metadata watches the Secrets' metadata (the supervision records).
+	// Client watches events and holds the leader Lease.
 	Client   kubernetes.Interface
-	Metadata metadata.Interface
 	Cache    *Cache
+	Records  Records
 	Pods     Pods
 	Reporter Reporter
 	Learner  Learner
@@ -118,15 +123,14 @@ type Supervisor struct {
 	mu    sync.Mutex
 	queue workqueue.TypedRateLimitingInterface[string] // nil unless leading
 
-	// written holds the records patched onto pods (by UID) until the cache
-	// shows them: a sync right after a patch must not act on a cached pod
-	// that predates it (and report the node twice).
-	writtenMu sync.Mutex
-	written   map[types.UID]map[string]string
-	// finished holds the pods this term saw past the early-exit window
-	// (their setup was looked at once); termStart is when the term began.
+	// termMu guards what one term keeps in memory. finished holds the pods
+	// this term saw past the early-exit window (their setup was looked at
+	// once); termStart is when the term began; gone holds, per build, the
+	// pods deleted since its last sync, whose records that sync deletes.
+	termMu    sync.Mutex
 	finished  map[types.UID]bool
 	termStart time.Time
+	gone      map[string][]types.UID
 }
 
 // New returns a supervisor; Run starts it.
@@ -150,7 +154,7 @@ func New(deps Deps, opts Options) *Supervisor {
 		opts.RetryMax = 2 * time.Minute
 	}
 	return &Supervisor{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics,
-		written: map[types.UID]map[string]string{}, finished: map[types.UID]bool{}}
+		finished: map[types.UID]bool{}, gone: map[string][]types.UID{}}
 }
 
 // Resync asks for a sync of a build, if this replica supervises now (an
@@ -201,12 +205,9 @@ func (s *Supervisor) lead(ctx context.Context) {
 	termCtx, cancel := context.WithCancel(ctx)
 	events := newEventCache(s.deps.Client, s.opts.Namespace)
 	events.start(termCtx)
-	records := newRecordCache(s.deps.Metadata, s.opts.Namespace)
-	records.start(termCtx)
 	defer func() {
-		cancel() // the caches stop only once their context is done
+		cancel() // the cache stops only once its context is done
 		events.shutdown()
-		records.shutdown()
 	}()
 	if _, err := events.addHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.enqueueEvent(q, obj) },
@@ -229,7 +230,7 @@ func (s *Supervisor) lead(ctx context.Context) {
 			s.log.Warn("removing the pod handler failed", zap.Error(err))
 		}
 	}()
-	if !cache.WaitForCacheSync(termCtx.Done(), events.hasSynced, records.hasSynced) {
+	if !cache.WaitForCacheSync(termCtx.Done(), events.hasSynced) {
 		q.ShutDown()
 		return
 	}
@@ -239,17 +240,17 @@ func (s *Supervisor) lead(ctx context.Context) {
 	s.mu.Lock()
 	s.queue = q
 	s.mu.Unlock()
-	s.writtenMu.Lock()
+	s.termMu.Lock()
 	s.termStart = time.Now()
-	s.writtenMu.Unlock()
+	s.termMu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.queue = nil
 		s.mu.Unlock()
-		s.writtenMu.Lock()
-		clear(s.written)
+		s.termMu.Lock()
 		clear(s.finished)
-		s.writtenMu.Unlock()
+		clear(s.gone)
+		s.termMu.Unlock()
 	}()
 	s.log.Info("supervising build pods", zap.Int("workers", s.opts.Workers), zap.Int("cached_pods", s.deps.Cache.Len()))
 
@@ -258,7 +259,7 @@ func (s *Supervisor) lead(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for s.processNext(termCtx, q, caches{events, records}) {
+			for s.processNext(termCtx, q, events) {
 			}
 		}()
 	}
@@ -301,19 +302,13 @@ func (s *Supervisor) enqueueEvent(q workqueue.TypedRateLimitingInterface[string]
 	}
 }
 
-// caches are the leader's own caches.
-type caches struct {
-	events  *eventCache
-	records *recordCache
-}
-
-func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], c caches) bool {
+func (s *Supervisor) processNext(ctx context.Context, q workqueue.TypedRateLimitingInterface[string], events *eventCache) bool {
 	key, shutdown := q.Get()
 	if shutdown {
 		return false
 	}
 	defer q.Done(key)
-	recheck, err := s.sync(ctx, key, c)
+	recheck, err := s.sync(ctx, key, events)
 	var wait *notYet
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -350,12 +345,16 @@ type notYet struct {
 
 func (e *notYet) Error() string { return e.why }
 
-// sync plans a build from the cache and carries the plan out. The records
-// of what was done are patched on the pod after the actions, in one patch;
-// deletes come last.
-func (s *Supervisor) sync(ctx context.Context, key string, c caches) (time.Duration, error) {
-	pods := s.view(s.deps.Cache.PodsOfBuild(key), c.records)
-	p := planBuild(pods, c.events.of, time.Now(), planOptions{
+// sync plans a build from the cache and its records and carries the plan
+// out. The records of what was done are written after the actions, once per
+// pod; deletes come last.
+func (s *Supervisor) sync(ctx context.Context, key string, events *eventCache) (time.Duration, error) {
+	s.forgetGone(ctx, key)
+	pods, err := s.view(ctx, s.deps.Cache.PodsOfBuild(key))
+	if err != nil {
+		return 0, err
+	}
+	p := planBuild(pods, events.of, time.Now(), planOptions{
 		assess: s.opts.Assess, earlyExit: s.opts.Assess.Exit139Window, fallback: s.opts.Fallback,
 	})
 	records := map[*corev1.Pod]map[string]string{}
@@ -537,11 +536,11 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 // saw through is not counted twice (one that crossed while no replica led
 // is not counted at all).
 func (s *Supervisor) finish(pod *corev1.Pod, v Verdict, log *zap.Logger) {
-	s.writtenMu.Lock()
+	s.termMu.Lock()
 	done := s.finished[pod.UID]
 	s.finished[pod.UID] = true
 	termStart := s.termStart
-	s.writtenMu.Unlock()
+	s.termMu.Unlock()
 	if done {
 		return
 	}
@@ -554,83 +553,71 @@ func (s *Supervisor) finish(pod *corev1.Pod, v Verdict, log *zap.Logger) {
 	}
 }
 
-// view is what the plan sees of a build's pods: each pod with the records
-// of its Secret merged into its annotations, plus the records this process
-// wrote that the cache does not show yet. Records only ever get added, so
-// an overlay is never stale; it is dropped once the cache has caught up.
-func (s *Supervisor) view(pods []*corev1.Pod, records *recordCache) []*corev1.Pod {
-	s.writtenMu.Lock()
-	defer s.writtenMu.Unlock()
+// view is what the plan sees of a build's pods: each pod with its
+// records merged into its annotations (copies: the cache's objects are
+// shared and never modified).
+func (s *Supervisor) view(ctx context.Context, pods []*corev1.Pod) ([]*corev1.Pod, error) {
+	if len(pods) == 0 {
+		return pods, nil
+	}
+	uids := make([]types.UID, len(pods))
 	for i, p := range pods {
-		rec := records.of(p.Name)
-		w, ok := s.written[p.UID]
-		if ok {
-			behind := false
-			for k, v := range w {
-				if rec[k] != v {
-					behind = true
-					break
-				}
-			}
-			if !behind {
-				delete(s.written, p.UID)
-				w = nil
-			}
-		}
-		if len(rec) == 0 && len(w) == 0 {
+		uids[i] = p.UID
+	}
+	recs, err := s.deps.Records.Of(ctx, uids)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range pods {
+		if len(recs[i]) == 0 {
 			continue
 		}
-		c := *p // the cache's object is shared: never modify it
-		c.Annotations = make(map[string]string, len(p.Annotations)+len(rec)+len(w))
-		for _, m := range []map[string]string{p.Annotations, rec, w} {
+		c := *p
+		c.Annotations = make(map[string]string, len(p.Annotations)+len(recs[i]))
+		for _, m := range []map[string]string{p.Annotations, recs[i]} {
 			for k, v := range m {
 				c.Annotations[k] = v
 			}
 		}
 		pods[i] = &c
 	}
-	return pods
+	return pods, nil
 }
 
-// forget drops the overlay of a deleted pod.
+// forget notes a deleted pod: the next sync of its build deletes its
+// records.
 func (s *Supervisor) forget(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
 	if p, ok := obj.(*corev1.Pod); ok {
-		s.writtenMu.Lock()
-		delete(s.written, p.UID)
+		s.termMu.Lock()
 		delete(s.finished, p.UID)
-		s.writtenMu.Unlock()
+		key := p.Labels[executor.LabelBuild]
+		s.gone[key] = append(s.gone[key], p.UID)
+		s.termMu.Unlock()
 	}
 }
 
-// record patches supervision records onto the pod's Secret. A Secret gone
-// meanwhile (its pod was deleted) has nothing left to record.
-func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, annotations map[string]string) error {
-	patch, err := jsonAnnotationsPatch(annotations)
-	if err != nil {
-		return err
+// forgetGone deletes the records of a build's deleted pods. A failure is
+// only logged: the records' TTL removes them anyway.
+func (s *Supervisor) forgetGone(ctx context.Context, key string) {
+	s.termMu.Lock()
+	uids := s.gone[key]
+	delete(s.gone, key)
+	s.termMu.Unlock()
+	if len(uids) == 0 {
+		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-	defer cancel()
-	name := executor.TokenSecretName(pod.Name)
-	_, err = s.deps.Client.CoreV1().Secrets(pod.Namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil
-	case err != nil:
-		return fmt.Errorf("recording supervision state on secret %s of pod %s: %w", name, pod.Name, err)
+	if err := s.deps.Records.Forget(ctx, uids); err != nil {
+		s.log.Warn("deleting the records of deleted pods failed; they expire on their own", zap.String("build_key", key), zap.Error(err))
 	}
-	s.writtenMu.Lock()
-	defer s.writtenMu.Unlock()
-	w := s.written[pod.UID]
-	if w == nil {
-		w = map[string]string{}
-		s.written[pod.UID] = w
-	}
-	for k, v := range annotations {
-		w[k] = v
+}
+
+// record writes supervision records of a pod, after their actions.
+func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, rec map[string]string) error {
+	if err := s.deps.Records.Add(ctx, pod.UID, rec); err != nil {
+		return fmt.Errorf("pod %s: %w", pod.Name, err)
 	}
 	return nil
 }

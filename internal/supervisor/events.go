@@ -2,20 +2,13 @@ package supervisor
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/tools/cache"
-
-	"github.com/sdkata/queue-worker/internal/executor"
 )
 
 // eventCache watches the pod events verdicts read: Warning
@@ -85,69 +78,4 @@ func trimEvent(obj any) (any, error) {
 		Reason: e.Reason, Message: e.Message, Type: e.Type, Count: e.Count,
 		FirstTimestamp: e.FirstTimestamp, LastTimestamp: e.LastTimestamp,
 	}, nil
-}
-
-// jsonAnnotationsPatch is a merge patch setting annotations.
-func jsonAnnotationsPatch(annotations map[string]string) ([]byte, error) {
-	b, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
-	if err != nil {
-		return nil, fmt.Errorf("encoding the annotations patch: %w", err)
-	}
-	return b, nil
-}
-
-// recordCache watches the metadata of our Secrets, where supervision keeps
-// its records (see AnnotationReportedNode). Metadata only: the tokens never
-// reach this cache. Only the leader runs it.
-type recordCache struct {
-	informer cache.SharedIndexInformer
-	ns       string
-	done     chan struct{}
-}
-
-func newRecordCache(client metadata.Interface, ns string) *recordCache {
-	inf := metadatainformer.NewFilteredMetadataInformer(client, corev1.SchemeGroupVersion.WithResource("secrets"), ns, 0,
-		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
-		func(o *metav1.ListOptions) { o.LabelSelector = executor.LabelManaged + "=queue-worker" }).Informer()
-	_ = inf.SetTransform(func(obj any) (any, error) {
-		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
-			m.ManagedFields = nil
-		}
-		return obj, nil
-	})
-	return &recordCache{informer: inf, ns: ns, done: make(chan struct{})}
-}
-
-// start runs the informer until ctx is done; shutdown waits for it.
-func (c *recordCache) start(ctx context.Context) {
-	go func() {
-		defer close(c.done)
-		c.informer.Run(ctx.Done())
-	}()
-}
-
-func (c *recordCache) shutdown() { <-c.done }
-
-func (c *recordCache) hasSynced() bool { return c.informer.HasSynced() }
-
-// of returns the supervision records kept on a pod's Secret.
-func (c *recordCache) of(podName string) map[string]string {
-	o, ok, _ := c.informer.GetIndexer().GetByKey(c.ns + "/" + executor.TokenSecretName(podName))
-	if !ok {
-		return nil
-	}
-	m, _ := o.(*metav1.PartialObjectMetadata)
-	if m == nil {
-		return nil
-	}
-	var out map[string]string
-	for k, v := range m.Annotations {
-		if strings.HasPrefix(k, annotationPrefix) {
-			if out == nil {
-				out = map[string]string{}
-			}
-			out[k] = v
-		}
-	}
-	return out
 }

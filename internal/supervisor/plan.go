@@ -10,15 +10,12 @@ import (
 	"github.com/sdkata/queue-worker/internal/weightage"
 )
 
-// What supervision has done for a pod is recorded in annotations of the
-// pod's own Secret (owned by the pod, deleted with it), patched after the
-// action succeeded, so whichever replica leads next carries on from there.
-// A crash between an action and its patch repeats that action once (one
-// more CI report of the same kind). The Secret, not the pod object: a pod
-// patch costs the control plane several times a Secret patch (the pod is
-// large, and kubelets, the scheduler and the controller-manager watch pods;
-// see docs/benchmarks.md), and supervision writes once per build. The plan
-// reads the records merged into the pod's annotations (Supervisor.view).
+// What supervision has done for a pod is recorded (Records, kept in Redis
+// by RedisRecords) after the action succeeded, so whichever replica leads
+// next carries on from there. A crash between an action and its record
+// repeats that action once (one more CI report of the same kind). The plan
+// reads the records merged into the pod's annotations (Supervisor.view),
+// under these keys.
 const (
 	// AnnotationReportedNode is the node the CI API was told about.
 	AnnotationReportedNode = annotationPrefix + "reported-node"

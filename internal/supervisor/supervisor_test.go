@@ -138,6 +138,11 @@ func TestSupervisor_FailureMatrix(t *testing.T) {
 					t.Fatalf("a fallen-back build must not be reported FAILURE: %v", bodies(reqs))
 				}
 				testbed.Eventually(t, 15*time.Second, "kata pod deleted", func() bool { return len(b.Pods(t, id)) == 1 })
+				// The deleted Kata pod's records go with it; the relaunch keeps its own.
+				testbed.Eventually(t, 10*time.Second, "records left only for the relaunch", func() bool {
+					keys := b.Redis.Keys(context.Background(), b.Keys.Namespace()+":qw:supervision:*").Val()
+					return len(keys) == 1 && strings.HasSuffix(keys[0], ":"+string(hyperd.UID))
+				})
 				// The learned exclusion sends the next build of that image to hyperd.
 				next := id + 100
 				b.EnqueueStart(t, next, "registry.example/app:"+strings.ToLower(tt.name), nil)

@@ -16,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
 
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/ciapi"
@@ -103,7 +102,7 @@ func Start(t *testing.T, o Options) *Stack {
 		t.Fatal(err)
 	}
 	sup := supervisor.New(supervisor.Deps{
-		Client: kube, Metadata: metadata.NewForConfigOrDie(testbed.RestConfig(t)), Cache: pods, Pods: exec, Reporter: reporter,
+		Client: kube, Cache: pods, Records: supervisor.NewRedisRecords(rdb, s.Keys.Namespace(), time.Hour, 2*time.Second), Pods: exec, Reporter: reporter,
 		Learner: learned, Marks: marks, Configs: configs,
 		Rules: holder, Log: log.Named("supervisor"),
 	}, supervisor.Options{
