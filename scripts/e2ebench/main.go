@@ -426,7 +426,14 @@ func (s *workerSide) burstImage(ctx context.Context, n int, image string) (time.
 
 // rate enqueues at r/s and measures enqueue → pod ADDED in a watch.
 func (s *workerSide) rate(ctx context.Context, r int, d time.Duration) ([]time.Duration, error) {
-	w, err := s.b.kube.CoreV1().Pods(s.ns).Watch(ctx, metav1.ListOptions{LabelSelector: executor.LabelBuild})
+	// Watch from the current resourceVersion: a watch without one first
+	// replays every existing pod as ADDED (thousands in the full cluster),
+	// and the first builds' events would queue behind that replay.
+	l, err := s.b.kube.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{LabelSelector: executor.LabelBuild, Limit: 1})
+	if err != nil {
+		return nil, err
+	}
+	w, err := s.b.kube.CoreV1().Pods(s.ns).Watch(ctx, metav1.ListOptions{LabelSelector: executor.LabelBuild, ResourceVersion: l.ResourceVersion})
 	if err != nil {
 		return nil, err
 	}
@@ -577,7 +584,7 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 			}
 			settle()
 			prof := b.profile(ctx, fmt.Sprintf("bare-%d", rep+1))
-			cpu0 := cpuByProcess()
+			cpu0, api0 := cpuByProcess(), b.apiCounts(ctx)
 			took, err := bs.burst(ctx, b.f.n)
 			prof()
 			if err != nil {
@@ -586,6 +593,7 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 			cpu := cpuByProcess().since(cpu0)
 			bare = append(bare, float64(b.f.n)/took.Seconds())
 			logf("burst %s rep %d: bare %.1f builds/s; pods %s; CPU ms per build: %s", label, rep+1, bare[len(bare)-1], b.phases(ctx, ns), cpu.perBuild(b.f.n))
+			logf("burst %s rep %d: bare: apiserver requests and watch events per build: %s", label, rep+1, b.apiCounts(ctx).since(api0).perBuild(b.f.n))
 			return nil
 		}
 		runWorker := func() error {
@@ -602,7 +610,7 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 			settle()
 			prof := b.profile(ctx, fmt.Sprintf("qw-%d", rep+1))
 			dprof := ws.d.profile(b.f.profileDir, fmt.Sprintf("queue-worker-%d", rep+1))
-			cpu0 := cpuByProcess()
+			cpu0, api0 := cpuByProcess(), b.apiCounts(ctx)
 			took, err := ws.burst(ctx, b.f.n)
 			prof()
 			dprof()
@@ -612,6 +620,7 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 			cpu := cpuByProcess().since(cpu0)
 			worker = append(worker, float64(b.f.n)/took.Seconds())
 			logf("burst %s rep %d: queue-worker %.1f builds/s; pods %s; CPU ms per build: %s", label, rep+1, worker[len(worker)-1], b.phases(ctx, ws.ns), cpu.perBuild(b.f.n))
+			logf("burst %s rep %d: queue-worker: apiserver requests and watch events per build: %s", label, rep+1, b.apiCounts(ctx).since(api0).perBuild(b.f.n))
 			return nil
 		}
 		// Alternate which side goes first, so drift hits both alike.
@@ -673,9 +682,17 @@ func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.
 			}
 		}
 		settle()
-		if wl, err = ws.rate(ctx, b.rate(), b.f.rateFor); err != nil {
+		m0 := ws.d.stageMeans()
+		tag := strings.ReplaceAll(label, " ", "-")
+		prof := b.profile(ctx, "qw-rate-"+tag)
+		dprof := ws.d.profile(b.f.profileDir, "queue-worker-rate-"+tag)
+		wl, err = ws.rate(ctx, b.rate(), b.f.rateFor)
+		prof()
+		dprof()
+		if err != nil {
 			return fmt.Errorf("queue-worker rate: %w", err)
 		}
+		logf("rate %s: queue-worker's own means over the run: %s", label, ws.d.stageMeans().since(m0))
 		return nil
 	}()
 	if err != nil {
@@ -940,6 +957,36 @@ func (d *daemonProc) profile(dir, name string) func() {
 	return func() { <-done }
 }
 
+// stageMeans reads the sums and counts of the daemon's take→settle and
+// pod create histograms (diagnosis: where enqueue→pod time goes).
+func (d *daemonProc) stageMeans() stageSums {
+	var s stageSums
+	for i, n := range stageNames {
+		s[i] = [2]float64{d.metric(n.name + "_sum" + n.labels), d.metric(n.name + "_count" + n.labels)}
+	}
+	return s
+}
+
+var stageNames = [...]struct{ name, labels string }{
+	{"queue_worker_queue_take_to_settle_seconds", ""},
+	{"queue_worker_executor_pod_create_seconds", `{runtime="kata"}`},
+}
+
+type stageSums [len(stageNames)][2]float64
+
+func (s stageSums) since(before stageSums) string {
+	parts := make([]string, len(s))
+	for i := range s {
+		n := s[i][1] - before[i][1]
+		mean := 0.0
+		if n > 0 {
+			mean = (s[i][0] - before[i][0]) / n
+		}
+		parts[i] = fmt.Sprintf("%s %.1f ms (n=%.0f)", strings.TrimPrefix(stageNames[i].name, "queue_worker_"), 1000*mean, n)
+	}
+	return strings.Join(parts, ", ")
+}
+
 func (d *daemonProc) heapInuse() float64 { return d.metric("go_memstats_heap_inuse_bytes") }
 
 func (d *daemonProc) cachedPods() int {
@@ -1051,6 +1098,69 @@ func numCPU() int {
 		return 1
 	}
 	return max(1, strings.Count(string(b), "processor\t:"))
+}
+
+// ---- apiserver requests ---------------------------------------------------
+
+// apiCounts reads the apiserver's request counters (by verb and resource)
+// and watch events sent (by kind): what a build costs the control plane.
+func (b *bench) apiCounts(ctx context.Context) counters {
+	raw, err := b.kube.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil
+	}
+	out := counters{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		var key string
+		switch {
+		case strings.HasPrefix(line, "apiserver_request_total{"):
+			key = label(line, "verb") + " " + label(line, "resource") + label(line, "subresource")
+		case strings.HasPrefix(line, "apiserver_watch_events_total{"):
+			key = "watch-event " + label(line, "kind")
+		default:
+			continue
+		}
+		v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		out[key] += v
+	}
+	return out
+}
+
+// counters are counts by name.
+type counters map[string]float64
+
+func (c counters) since(before counters) counters {
+	out := counters{}
+	for k, v := range c {
+		out[k] = v - before[k]
+	}
+	return out
+}
+
+// perBuild lists the counts of at least 0.05 per build, largest first.
+func (c counters) perBuild(n int) string {
+	keys := make([]string, 0, len(c))
+	for k, v := range c {
+		if v/float64(n) >= 0.05 {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool { return c[keys[i]] > c[keys[j]] })
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %.2f", k, c[k]/float64(n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// label is a label's value in a Prometheus text line.
+func label(line, name string) string {
+	_, rest, ok := strings.Cut(line, name+`="`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
 }
 
 // ---- CPU by process -------------------------------------------------------
