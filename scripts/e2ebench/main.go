@@ -76,7 +76,7 @@ func main() {
 	flag.IntVar(&f.n, "n", 1000, "builds per burst")
 	flag.IntVar(&f.c, "c", 8, "concurrency of the bare loop and of queue-worker (WORKER_CONCURRENCY)")
 	flag.IntVar(&f.reps, "reps", 3, "burst repetitions per side (median reported)")
-	flag.IntVar(&f.rate, "rate", 0, "builds per second of the fixed-rate run (0: half the bare loop's burst rate measured in this run, else 20)")
+	flag.IntVar(&f.rate, "rate", 0, "builds per second of the fixed-rate run (0: a quarter and a half of the bare loop's burst rate measured in this run, else 20)")
 	flag.DurationVar(&f.rateFor, "rate-for", 10*time.Second, "length of the fixed-rate run")
 	flag.IntVar(&f.held, "held", 2000, "builds held Pending for the full-cluster runs (0: skip)")
 	flag.DurationVar(&f.idleWindow, "window", 30*time.Second, "window over which Redis commands/s are counted")
@@ -120,17 +120,18 @@ type bench struct {
 	bareRate float64
 }
 
-// rate is the fixed rate of the latency runs: -rate, else half what the
-// bare loop sustained here (a load both sides can carry: beyond capacity a
-// latency percentile only measures how long the run was), else 20/s.
-func (b *bench) rate() int {
+// rates are the fixed rates of the latency runs: -rate, else a quarter and
+// a half of what the bare loop sustained here (loads both sides can carry:
+// beyond capacity a latency percentile only measures how long the run
+// was), else 20/s.
+func (b *bench) rates() []int {
 	switch {
 	case b.f.rate > 0:
-		return b.f.rate
+		return []int{b.f.rate}
 	case b.bareRate > 0:
-		return max(1, int(b.bareRate/2))
+		return []int{max(1, int(b.bareRate/4)), max(1, int(b.bareRate/2))}
 	}
-	return 20
+	return []int{20}
 }
 
 func run(f flags) error {
@@ -644,11 +645,18 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 	return nil
 }
 
-// ratePart: the bare loop's create latency and queue-worker's enqueue→pod
-// latency at the same fixed rate, each side alone in its own namespace.
+// ratePart compares the bare loop's create latency with queue-worker's
+// enqueue→pod latency at fixed rates (each a share of the bare loop's
+// burst capacity measured in this run), each side alone in its own
+// namespace; held (if any) are builds already pending there. Both sides
+// share two CPUs with the control plane, so latency climbs steeply as a
+// rate nears either side's capacity: the lower rate shows the per-build
+// overhead, the higher one the behaviour near saturation.
 func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.Context, s *workerSide, bare *bareSide) error) error {
 	ctx := context.Background()
-	var bl, wl []time.Duration
+	rates := b.rates()
+	bl := make([][]time.Duration, len(rates))
+	wl := make([][]time.Duration, len(rates))
 	err := func() error {
 		ns, err := b.newNamespace(ctx, "bare")
 		if err != nil {
@@ -661,9 +669,11 @@ func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.
 				return err
 			}
 		}
-		settle()
-		if bl, err = bs.rate(ctx, b.rate(), b.f.rateFor); err != nil {
-			return fmt.Errorf("bare rate: %w", err)
+		for i, r := range rates {
+			settle()
+			if bl[i], err = bs.rate(ctx, r, b.f.rateFor); err != nil {
+				return fmt.Errorf("bare rate: %w", err)
+			}
 		}
 		return nil
 	}()
@@ -681,26 +691,30 @@ func (b *bench) ratePart(emit func(string), label string, hold func(ctx context.
 				return err
 			}
 		}
-		settle()
-		m0 := ws.d.stageMeans()
-		tag := strings.ReplaceAll(label, " ", "-")
-		prof := b.profile(ctx, "qw-rate-"+tag)
-		dprof := ws.d.profile(b.f.profileDir, "queue-worker-rate-"+tag)
-		wl, err = ws.rate(ctx, b.rate(), b.f.rateFor)
-		prof()
-		dprof()
-		if err != nil {
-			return fmt.Errorf("queue-worker rate: %w", err)
+		for i, r := range rates {
+			settle()
+			m0 := ws.d.stageMeans()
+			tag := strings.ReplaceAll(fmt.Sprintf("%d-%s", r, label), " ", "-")
+			prof := b.profile(ctx, "qw-rate-"+tag)
+			dprof := ws.d.profile(b.f.profileDir, "queue-worker-rate-"+tag)
+			wl[i], err = ws.rate(ctx, r, b.f.rateFor)
+			prof()
+			dprof()
+			if err != nil {
+				return fmt.Errorf("queue-worker rate: %w", err)
+			}
+			logf("rate %d/s %s: queue-worker's own means over the run: %s", r, label, ws.d.stageMeans().since(m0))
 		}
-		logf("rate %s: queue-worker's own means over the run: %s", label, ws.d.stageMeans().since(m0))
 		return nil
 	}()
 	if err != nil {
 		return err
 	}
-	bp, wp := percentiles(bl), percentiles(wl)
-	emit(fmt.Sprintf("| %d builds/s for %s, %s: p50 / p99 | bare create (Secret+Pod) %s / %s | enqueue→pod %s / %s | **p99 %.2f×** | n=%d / %d |",
-		b.rate(), b.f.rateFor, label, ms(bp[0]), ms(bp[1]), ms(wp[0]), ms(wp[1]), float64(wp[1])/float64(bp[1]), len(bl), len(wl)))
+	for i, r := range rates {
+		bp, wp := percentiles(bl[i]), percentiles(wl[i])
+		emit(fmt.Sprintf("| %d builds/s for %s, %s: p50 / p99 | bare create (Secret+Pod) %s / %s | enqueue→pod %s / %s | **p99 %.2f×** | n=%d / %d |",
+			r, b.f.rateFor, label, ms(bp[0]), ms(bp[1]), ms(wp[0]), ms(wp[1]), float64(wp[1])/float64(bp[1]), len(bl[i]), len(wl[i])))
+	}
 	return nil
 }
 
@@ -727,7 +741,17 @@ func (b *bench) fullPart(emit func(string)) error {
 	if err := b.waitPending(ctx, ws.ns, b.f.held); err != nil {
 		return err
 	}
-	time.Sleep(5 * time.Second) // the supervisor has reported them waiting
+	// One-time work is not what is measured: wait until the supervisor has
+	// reported every held build waiting once and its queue is empty.
+	caughtUp := time.Now()
+	for range 600 {
+		if ws.d.metric(`queue_worker_supervisor_actions_total{action="report-waiting"}`) >= float64(b.f.held) &&
+			ws.d.metric(`workqueue_depth{name="supervisor"}`) == 0 {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	logf("supervisor caught up with %d held builds %.1fs after they were pending", b.f.held, time.Since(caughtUp).Seconds())
 	full, err := b.redis.commandsPerSecond(ctx, b.f.idleWindow)
 	if err != nil {
 		return err
@@ -831,7 +855,7 @@ func (b *bench) memoryPart(emit func(string)) error {
 	}
 	defer b.stopWorker(ctx, ws)
 	time.Sleep(5 * time.Second)
-	rss0, heap0 := ws.d.rss(), ws.d.heapInuse()
+	rss0, anon0, heap0 := ws.d.rss("VmRSS"), ws.d.rss("RssAnon"), ws.d.heapInuse()
 	bs := &bareSide{b: b, ns: ws.ns}
 	// Pods the daemon supervises: labelled as ours (PodSpec does that).
 	saved := b.f.c
@@ -847,9 +871,11 @@ func (b *bench) memoryPart(emit func(string)) error {
 		time.Sleep(time.Second)
 	}
 	time.Sleep(10 * time.Second) // supervision done (reports, records), GC settled
-	rss1, heap1 := ws.d.rss(), ws.d.heapInuse()
-	emit(fmt.Sprintf("| memory | idle RSS %.1f MB (heap in use %.1f MB) | with %d pods: RSS %.1f MB (heap %.1f MB) | **%.2f KB RSS / %.2f KB heap per pod** | |",
-		mb(rss0), mb(heap0), b.f.memPods, mb(rss1), mb(heap1), kb(rss1-rss0)/float64(b.f.memPods), kb(heap1-heap0)/float64(b.f.memPods)))
+	rss1, anon1, heap1 := ws.d.rss("VmRSS"), ws.d.rss("RssAnon"), ws.d.heapInuse()
+	// VmRSS counts the binary's mapped pages (file-backed, shared with the
+	// page cache) as well as the process's own memory (RssAnon).
+	emit(fmt.Sprintf("| memory | idle RSS %.1f MB, of which anonymous %.1f MB (heap in use %.1f MB) | with %d pods: RSS %.1f MB, anonymous %.1f MB (heap %.1f MB) | **%.2f KB RSS / %.2f KB heap per pod** | |",
+		mb(rss0), mb(anon0), mb(heap0), b.f.memPods, mb(rss1), mb(anon1), mb(heap1), kb(rss1-rss0)/float64(b.f.memPods), kb(heap1-heap0)/float64(b.f.memPods)))
 	return nil
 }
 
@@ -905,13 +931,14 @@ func (d *daemonProc) stop() {
 	_ = d.cmd.Wait()
 }
 
-func (d *daemonProc) rss() float64 {
+// rss reads a field of the daemon's /proc status (VmRSS, RssAnon) in bytes.
+func (d *daemonProc) rss(field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, field+":") {
 			f := strings.Fields(line)
 			kb, _ := strconv.ParseFloat(f[1], 64)
 			return kb * 1024
