@@ -247,7 +247,12 @@ func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) q
 	if err := <-stopCheck; err != nil {
 		return queue.Retry(err)
 	} else if stopped {
-		log.Info("build was stopped before it started; not launching it")
+		// An earlier attempt of this start (a retry, or a redelivery after a
+		// crash) may have made the pod after the stop found none to delete.
+		if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
+			return w.kubeFailed(err, "StopRejected")
+		}
+		log.Info("build was stopped before it started; not launching it (and deleted any pod an earlier attempt made)")
 		return queue.Done()
 	}
 	if b.VirtualJob {

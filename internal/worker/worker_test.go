@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/testbed"
 	"github.com/sdkata/queue-worker/internal/testbed/stack"
+	"github.com/sdkata/queue-worker/internal/weightage"
 )
 
 func TestWorker_StartRoutesAndCreatesPods(t *testing.T) {
@@ -154,4 +157,23 @@ func TestWorker_LegacyVerifyJobIsAcked(t *testing.T) {
 	if n := len(b.FailedEntries(t)); n != 0 {
 		t.Fatalf("%d failed entries", n)
 	}
+}
+
+// A start retried after its first attempt made the pod, whose build was
+// stopped while no pod existed yet (the stop deleted nothing), must delete
+// that pod itself: nothing else will.
+func TestWorker_RetriedStartOfAStoppedBuildDeletesItsEarlierPod(t *testing.T) {
+	b := stack.Start(t, stack.Options{Env: map[string]string{"WEIGHT_K8S": "100"}})
+	ctx := context.Background()
+	const id = 2301
+	// The earlier attempt's pod, made before the stop ran.
+	cfg := &build.Config{BuildID: id, JobID: id * 10, Container: "node:18", APIURI: b.APIURI, Token: "jwt-2301", Pipeline: &build.Pipeline{ID: 42}}
+	if _, err := b.Exec.Start(ctx, cfg, weightage.Decision{Runtime: weightage.Kata, Rule: weightage.RuleWeighted}); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.NewStopMarks(b.Redis, b.Keys, time.Hour, time.Second).MarkStopped(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	b.Push(t, `{"class":"start","queue":"`+b.Prefix+`builds","args":[{"buildId":2301,"jobId":23010,"container":"node:18","apiUri":"`+b.APIURI+`","token":"jwt-2301"}],"attempt":1}`)
+	testbed.Eventually(t, 15*time.Second, "the earlier attempt's pod deleted", func() bool { return len(b.Pods(t, id)) == 0 })
 }
