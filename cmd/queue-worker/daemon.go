@@ -101,7 +101,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	// is deleted by its build's stop long before).
 	const supervisionRecordTTL = 14 * 24 * time.Hour
 	configs := queue.NewBuildConfigs(rdb, cfg.Queue.Prefix, cfg.Queue.OperationTimeout)
-	learned := exclusion.NewStore(rdb, keys.Namespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
+	learned := exclusion.NewStore(rdb, learnedOptions(cfg))
 	retry := cfg.Executor.K8s.Options.RequestRetry
 	ci := ciapi.New(ciapi.Options{
 		Timeout:        time.Duration(cfg.Executor.K8s.Options.Fusebox.Breaker.Timeout) * time.Millisecond,
@@ -132,7 +132,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			PendingTimeout:  cfg.Verify.PendingTimeout,
 			ImagePullGrace:  cfg.Verify.ImagePullGrace,
 			Exit139Window:   cfg.Verify.Exit139Window,
-			RuntimePatterns: patterns,
+			RuntimePatterns:   patterns,
+			RuntimeErrorGrace: cfg.Verify.RuntimeErrorGrace,
 		},
 		Fallback:       cfg.Verify.Fallback.Enabled,
 		DefaultAPIURI:  cfg.Ecosystem.API,
@@ -334,4 +335,12 @@ func restConfig(cfg *config.Config, b *breaker.Breaker) (*rest.Config, error) {
 	rc.UserAgent = "queue-worker/" + version
 	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return breaker.RoundTripper(b, rt) })
 	return rc, nil
+}
+
+// learnedOptions configure the learned-exclusion store from the config
+// (the daemon and explain read the same one).
+func learnedOptions(cfg *config.Config) exclusion.Options {
+	f := cfg.Verify.Fallback
+	return exclusion.Options{Namespace: cfg.ResqueNamespace(), TTL: f.LearnedExclusionTTL, LearnAfter: f.LearnAfter,
+		Window: f.LearnWindow, Timeout: cfg.Queue.OperationTimeout}
 }

@@ -104,7 +104,7 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if *checkLearned {
 		rdb := newRedis(cfg)
 		defer func() { _ = rdb.Close() }()
-		deps.Learned = exclusion.NewStore(rdb, cfg.ResqueNamespace(), cfg.Verify.Fallback.LearnedExclusionTTL, cfg.Queue.OperationTimeout)
+		deps.Learned = exclusion.NewStore(rdb, learnedOptions(cfg))
 	}
 	decider := routing.NewDecider(deps)
 	enc := json.NewEncoder(stdout)

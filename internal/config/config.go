@@ -354,13 +354,21 @@ type Verify struct {
 	// RuntimePatterns are regexes on container messages that mark a failure
 	// as the runtime's (case-sensitive; prefix with (?i) if needed).
 	RuntimePatterns []string `yaml:"runtimePatterns" mapstructure:"runtimePatterns"`
-	Fallback        Fallback `yaml:"fallback" mapstructure:"fallback"`
+	// RuntimeErrorGrace is how long a sandbox or container create error may
+	// last (the kubelet retries both) before it counts as a failure.
+	RuntimeErrorGrace time.Duration `yaml:"runtimeErrorGrace" mapstructure:"runtimeErrorGrace"`
+	Fallback          Fallback      `yaml:"fallback" mapstructure:"fallback"`
 }
 
 // Fallback is the automatic Kata→hyperd relaunch on a runtime failure.
 type Fallback struct {
 	Enabled bool `yaml:"enabled" mapstructure:"enabled"`
-	// LearnedExclusionTTL is how long a failed image goes straight to hyperd.
+	// LearnAfter is how many distinct nodes must see an image's Kata pods
+	// fail with a runtime signature, within LearnWindow, before the image is
+	// learned as excluded.
+	LearnAfter  int           `yaml:"learnAfter" mapstructure:"learnAfter"`
+	LearnWindow time.Duration `yaml:"learnWindow" mapstructure:"learnWindow"`
+	// LearnedExclusionTTL is how long a learned image goes straight to hyperd.
 	LearnedExclusionTTL time.Duration `yaml:"learnedExclusionTTL" mapstructure:"learnedExclusionTTL"`
 }
 

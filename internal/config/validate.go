@@ -476,6 +476,11 @@ func (v *validator) verify() {
 			v.fail(key, "invalid regexp %q: %v", p, err)
 		}
 	}
+	if r.RuntimeErrorGrace < 0 {
+		v.fail("verify.runtimeErrorGrace", "must not be negative, got %s", r.RuntimeErrorGrace)
+	}
+	v.intRange("verify.fallback.learnAfter", r.Fallback.LearnAfter, 1, 100)
+	v.positiveDuration("verify.fallback.learnWindow", r.Fallback.LearnWindow)
 	v.positiveDuration("verify.fallback.learnedExclusionTTL", r.Fallback.LearnedExclusionTTL)
 }
 

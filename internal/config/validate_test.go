@@ -27,6 +27,15 @@ func TestValidate_Rules(t *testing.T) {
 		},
 		{name: "PluginAliasKata", mutate: func(c *Config) { c.Executor.Plugin = "kata" }},
 		{
+			name: "LearnAfterAndRuntimeErrorGraceBounds",
+			mutate: func(c *Config) {
+				c.Verify.Fallback.LearnAfter = 0
+				c.Verify.Fallback.LearnWindow = 0
+				c.Verify.RuntimeErrorGrace = -time.Second
+			},
+			wantKeys: []string{"verify.runtimeErrorGrace", "verify.fallback.learnAfter", "verify.fallback.learnWindow"},
+		},
+		{
 			name:     "PercentageAbove100",
 			mutate:   func(c *Config) { c.Executor.K8s.Weightage = ptr(100.5) },
 			wantKeys: []string{"executor.k8s.weightage"},

@@ -36,9 +36,10 @@ type Reporter interface {
 	ReportFailure(ctx context.Context, apiURI string, buildID int64, token, msg string) error
 }
 
-// Learner records images that failed on Kata (learned exclusions).
+// Learner counts images that failed on Kata and learns them as excluded
+// once enough nodes have seen it (learned exclusions).
 type Learner interface {
-	Add(ctx context.Context, e exclusion.Entry) error
+	Strike(ctx context.Context, e exclusion.Entry) (strikes int, learned bool, err error)
 }
 
 // StopMarks tell whether a build was stopped (a fallback must not relaunch
@@ -482,8 +483,10 @@ func (s *Supervisor) buildRecord(ctx context.Context, pod *corev1.Pod) (*build.C
 	return rec, nil
 }
 
-// fallback relaunches a Kata runtime failure on hyperd and learns the image
-// as excluded, so the next builds of it go straight to hyperd.
+// fallback relaunches a Kata runtime failure on hyperd and strikes the
+// image: once enough nodes have seen it fail, it is learned as excluded and
+// its next builds go straight to hyperd. A strike repeated after a crash
+// (same node) counts once.
 func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, log *zap.Logger) error {
 	b, err := s.buildRecord(ctx, pod)
 	if err != nil {
@@ -505,7 +508,9 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 	if stopped, err := s.deps.Marks.Stopped(ctx, b.BuildID, b.JobID); err != nil || stopped {
 		return err // a stopped build is not relaunched; its stop deletes the pod
 	}
-	if err := s.deps.Learner.Add(ctx, exclusion.Entry{Image: b.Container, Signature: string(v.Signature), BuildID: b.BuildID, At: time.Now()}); err != nil {
+	strikes, learned, err := s.deps.Learner.Strike(ctx, exclusion.Entry{Image: b.Container, Signature: string(v.Signature),
+		BuildID: b.BuildID, Node: v.Node, At: time.Now()})
+	if err != nil {
 		return err
 	}
 	d := weightage.Decision{Runtime: weightage.Hyperd, Rule: weightage.RuleFallback, Bucket: -1, RulesVersion: s.deps.Rules.Current().Version}
@@ -524,9 +529,10 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 		s.m.observeStart(weightage.Kata, v, pod)
 		s.m.Fallbacks.WithLabelValues(string(v.Signature)).Inc()
 	}
-	log.Warn("Kata runtime failure: relaunched the build on hyperd and learned its image as excluded",
+	log.Warn("Kata runtime failure: relaunched the build on hyperd",
 		zap.String("signature", string(v.Signature)), zap.String("reason", v.Reason),
-		zap.String("message", v.Message), zap.String("relaunch", res.Pod))
+		zap.String("message", v.Message), zap.String("relaunch", res.Pod), zap.String("image", b.Container),
+		zap.Int("image_strikes", strikes), zap.Bool("image_learned_excluded", learned))
 	return nil
 }
 

@@ -72,10 +72,11 @@ func trimEvent(obj any) (any, error) {
 		return obj, nil
 	}
 	return &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{Name: e.Name, Namespace: e.Namespace, UID: e.UID, ResourceVersion: e.ResourceVersion},
+		ObjectMeta: metav1.ObjectMeta{Name: e.Name, Namespace: e.Namespace, UID: e.UID, ResourceVersion: e.ResourceVersion,
+			CreationTimestamp: e.CreationTimestamp},
 		InvolvedObject: corev1.ObjectReference{Kind: e.InvolvedObject.Kind, Name: e.InvolvedObject.Name,
 			Namespace: e.InvolvedObject.Namespace, UID: e.InvolvedObject.UID},
 		Reason: e.Reason, Message: e.Message, Type: e.Type, Count: e.Count,
-		FirstTimestamp: e.FirstTimestamp, LastTimestamp: e.LastTimestamp,
+		FirstTimestamp: e.FirstTimestamp, LastTimestamp: e.LastTimestamp, EventTime: e.EventTime,
 	}, nil
 }

@@ -74,8 +74,11 @@ func TestSupervisor_FailureMatrix(t *testing.T) {
 		{name: "ImagePullIsImageFailureNoFallback", annotations: map[string]string{"waiting-reason": "ErrImagePull", "waiting-message": "manifest unknown"}, failure: "check if your image is valid"},
 		{name: "CrashLoopIsRuntimeWithoutSignatureNoFallback", annotations: map[string]string{"waiting-reason": "CrashLoopBackOff", "waiting-message": "back-off 10s"}, failure: "reach out to your cluster admin"},
 		{name: "UserExitNonZeroNoFallback", annotations: map[string]string{"exit-code": "2"}, failure: "exited with code 2"},
-		{name: "Exit139SoonAfterStartFallsBack", annotations: map[string]string{"exit-code": "139", "run-for": "1s"}, fallback: true},
-		{name: "ExecFormatErrorFallsBack", annotations: map[string]string{"terminated-message": "exec /opt/sd/launcher_entrypoint.sh: exec format error", "terminated-reason": "StartError"}, fallback: true},
+		// learnAfter 1: the first fallback also teaches (see
+		// TestSupervisor_OneKataFailureDoesNotTeachASharedImage for the default).
+		{name: "Exit139SoonAfterStartFallsBack", annotations: map[string]string{"exit-code": "139", "run-for": "1s"}, fallback: true, env: map[string]string{"KATA_LEARN_AFTER": "1"}},
+		{name: "ExecFormatErrorFallsBack", annotations: map[string]string{"terminated-message": "exec /opt/sd/launcher_entrypoint.sh: exec format error", "terminated-reason": "StartError"},
+			fallback: true, env: map[string]string{"KATA_LEARN_AFTER": "1"}},
 		{name: "UnschedulableWaitsThenTimesOut", env: map[string]string{"K8S_NODE_SELECTORS": `{"dedicated":"nowhere"}`}, failure: "still pending"},
 	}
 	for i, tt := range tests {
@@ -167,7 +170,8 @@ func TestSupervisor_FailureMatrix(t *testing.T) {
 	}
 }
 
-// A sandbox failure shows only as a pod event; the watcher sees it and the
+// A sandbox failure shows only as a pod event; the watcher sees it and,
+// once it has outlasted the kubelet's retries (the stack's 2 s grace), the
 // build falls back to hyperd.
 func TestSupervisor_SandboxEventFallsBack(t *testing.T) {
 	env := map[string]string{"WEIGHT_K8S": "100", "K8S_ANNOTATIONS": kataAnnotations(map[string]string{"waiting-reason": "ContainerCreating"})}
@@ -175,24 +179,31 @@ func TestSupervisor_SandboxEventFallsBack(t *testing.T) {
 	const id = 7200
 	b.EnqueueStart(t, id, "registry.example/sandbox:1", nil)
 	pod := b.WaitPod(t, id)
+	first := metav1.Now()
 	_, err := b.Kube.CoreV1().Events(b.NS).Create(context.Background(), &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{Name: pod.Name + ".sandbox", Namespace: b.NS},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: pod.Name, Namespace: b.NS, UID: pod.UID},
 		Reason:         "FailedCreatePodSandBox", Type: corev1.EventTypeWarning,
 		Message: `Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: no runtime for "kata" is configured`,
-		Source:  corev1.EventSource{Component: "kubelet"},
+		Source:  corev1.EventSource{Component: "kubelet"}, FirstTimestamp: first, LastTimestamp: first, Count: 1,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var relaunch corev1.Pod
 	testbed.Eventually(t, 30*time.Second, "fallback pod on hyperd", func() bool {
 		for _, p := range b.Pods(t, id) {
 			if p.Labels[executor.LabelRuntime] == "hyperd" && p.Annotations[executor.AnnotationRule] == "fallback" {
+				relaunch = p
 				return true
 			}
 		}
 		return false
 	})
+	// Timestamps have one-second resolution: 2 s of grace shows as ≥ 1 s.
+	if waited := relaunch.CreationTimestamp.Sub(first.Time); waited < time.Second {
+		t.Fatalf("relaunched %v after the first sandbox failure: the kubelet's retries got no grace", waited)
+	}
 	if hasFailure(b.CI.RequestsFor(id)) {
 		t.Fatal("sandbox fallback reported FAILURE")
 	}
@@ -257,5 +268,47 @@ func TestSupervisor_InterruptedFallbackIsFinished(t *testing.T) {
 	time.Sleep(time.Second)
 	if reqs := b.CI.RequestsFor(id); hasFailure(reqs) || len(reqs) != 2 {
 		t.Fatalf("want one hostname report per pod and no FAILURE: %v", bodies(reqs))
+	}
+}
+
+// With the default learnAfter (2 nodes), one Kata failure relaunches its
+// build on hyperd but does not move the image: the next build still goes
+// to Kata. The image is learned once failures were seen on two nodes.
+func TestSupervisor_OneKataFailureDoesNotTeachASharedImage(t *testing.T) {
+	env := map[string]string{"WEIGHT_K8S": "100", "K8S_ANNOTATIONS": kataAnnotations(map[string]string{"exit-code": "139", "run-for": "1s"})}
+	b := stack.Start(t, stack.Options{Env: env, Supervise: true})
+	const image = "registry.example/shared:18"
+	fellBack := func(id int64) string {
+		t.Helper()
+		var node string
+		testbed.Eventually(t, 20*time.Second, fmt.Sprintf("build %d's Kata pod scheduled", id), func() bool {
+			for _, p := range b.Pods(t, id) {
+				if p.Labels[executor.LabelRuntime] == "kata" && p.Spec.NodeName != "" {
+					node = p.Spec.NodeName
+				}
+			}
+			return node != ""
+		})
+		testbed.Eventually(t, 30*time.Second, fmt.Sprintf("build %d relaunched on hyperd, its Kata pod gone", id), func() bool {
+			pods := b.Pods(t, id)
+			return len(pods) == 1 && pods[0].Labels[executor.LabelRuntime] == "hyperd" && pods[0].Annotations[executor.AnnotationRule] == "fallback"
+		})
+		return node
+	}
+	b.EnqueueStart(t, 7400, image, nil)
+	first := fellBack(7400)
+
+	b.EnqueueStart(t, 7401, image, nil)
+	if p := b.WaitPod(t, 7401); p.Labels[executor.LabelRuntime] != "kata" || p.Annotations[executor.AnnotationRule] != "weighted" {
+		t.Fatalf("after one failure the image moved: runtime %s rule %s", p.Labels[executor.LabelRuntime], p.Annotations[executor.AnnotationRule])
+	}
+	second := fellBack(7401)
+
+	b.EnqueueStart(t, 7402, image, nil)
+	p := b.WaitPod(t, 7402)
+	learned := p.Labels[executor.LabelRuntime] == "hyperd" && p.Annotations[executor.AnnotationRule] == "learned-exclusion"
+	if want := first != second; learned != want {
+		t.Fatalf("failures on %s then %s: third build runtime %s rule %s, learned %v, want %v",
+			first, second, p.Labels[executor.LabelRuntime], p.Annotations[executor.AnnotationRule], learned, want)
 	}
 }

@@ -75,6 +75,9 @@ type AssessOptions struct {
 	Exit139Window time.Duration
 	// RuntimePatterns are extra messages (regexes) that mark runtime failures.
 	RuntimePatterns []*regexp.Regexp
+	// RuntimeErrorGrace is how long a sandbox or container create error may
+	// last before it counts: the kubelet retries both.
+	RuntimeErrorGrace time.Duration
 }
 
 var (
@@ -86,6 +89,13 @@ var (
 	configErrorReason = "CreateContainerConfigError"
 	runtimeReasons    = map[string]bool{"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true,
 		"RunContainerError": true, "StartError": true, "PreStartHookError": true, "PostStartHookError": true, "ContainerCannotRun": true}
+	// Create errors the kubelet retries on its own: they count only once
+	// they have outlasted AssessOptions.RuntimeErrorGrace.
+	retriedCreateReasons = map[string]bool{"CreateContainerError": true, "RunContainerError": true}
+	// Terminations whose message the runtime wrote (the process never
+	// started). Any other termination message comes from the container's
+	// own termination log: the build can write anything there.
+	runtimeTerminationReasons = map[string]bool{"StartError": true, "ContainerCannotRun": true}
 )
 
 // tokenSecretGrace is how long a pod may wait for its token Secret: the
@@ -131,6 +141,8 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 			case w.Reason == configErrorReason && age < tokenSecretGrace &&
 				strings.Contains(w.Message, `"`+executor.TokenSecretName(pod.Name)+`" not found`):
 				graceEnds(created.Add(tokenSecretGrace))
+			case retriedCreateReasons[w.Reason] && now.Before(containersSince(pod).Add(o.RuntimeErrorGrace)):
+				graceEnds(containersSince(pod).Add(o.RuntimeErrorGrace))
 			case imageReasons[w.Reason]:
 				return fail(ClassImage, SigNone, w.Reason, fmt.Sprintf("Build failed to start. Please check if your image is valid: %s: %s %s", where, w.Reason, w.Message))
 			case runtimeReasons[w.Reason]:
@@ -148,9 +160,16 @@ func Assess(pod *corev1.Pod, events []*corev1.Event, now time.Time, o AssessOpti
 			if e.InvolvedObject.UID != "" && pod.UID != "" && e.InvolvedObject.UID != pod.UID {
 				continue
 			}
-			if e.Reason == "FailedCreatePodSandBox" && e.Type == corev1.EventTypeWarning {
-				return fail(ClassRuntime, SigSandbox, e.Reason, "Build failed to start: the runtime could not create the pod sandbox: "+e.Message)
+			if e.Reason != "FailedCreatePodSandBox" || e.Type != corev1.EventTypeWarning {
+				continue
 			}
+			// The kubelet retries a sandbox: only one that keeps failing
+			// for the grace is the runtime's failure.
+			if ends := firstSeen(e, now).Add(o.RuntimeErrorGrace); now.Before(ends) {
+				graceEnds(ends)
+				continue
+			}
+			return fail(ClassRuntime, SigSandbox, e.Reason, fmt.Sprintf("Build failed to start: the runtime could not create the pod sandbox (%d attempts): %s", max(e.Count, 1), e.Message))
 		}
 	}
 
@@ -209,7 +228,11 @@ func classifyTermination(v Verdict, cs corev1.ContainerStatus, t *corev1.Contain
 	where := fmt.Sprintf("container %q (%s)", cs.Name, cs.Image)
 	v.State, v.Reason = StateFailed, t.Reason
 	ran := t.FinishedAt.Sub(t.StartedAt.Time)
-	switch sig := runtimeSignature(t.Message, o); {
+	sig := SigNone
+	if runtimeTerminationReasons[t.Reason] {
+		sig = runtimeSignature(t.Message, o)
+	}
+	switch {
 	case sig != SigNone:
 		v.Class, v.Signature = ClassRuntime, sig
 	case t.ExitCode == 139 && (t.StartedAt.IsZero() || ran <= o.Exit139Window):
@@ -242,4 +265,36 @@ func runtimeSignature(msg string, o AssessOptions) Signature {
 		}
 	}
 	return SigNone
+}
+
+// firstSeen is when an event first happened: events from the core API
+// carry FirstTimestamp, those from events.k8s.io EventTime, and every
+// stored event its creation time; now only for an event never stored.
+func firstSeen(e *corev1.Event, now time.Time) time.Time {
+	switch {
+	case !e.FirstTimestamp.IsZero():
+		return e.FirstTimestamp.Time
+	case !e.EventTime.IsZero():
+		return e.EventTime.Time
+	case !e.CreationTimestamp.IsZero():
+		return e.CreationTimestamp.Time
+	}
+	return now
+}
+
+// containersSince is when the kubelet could first try to create the pod's
+// containers: the latest of its sandbox becoming ready, its init containers
+// finishing and its scheduling, or its creation. A create error is judged
+// from then, not from creation: a long image pull must not use up its grace.
+func containersSince(p *corev1.Pod) time.Time {
+	t := p.CreationTimestamp.Time
+	for _, c := range p.Status.Conditions {
+		switch c.Type {
+		case corev1.PodScheduled, corev1.PodInitialized, corev1.PodReadyToStartContainers:
+			if c.Status == corev1.ConditionTrue && c.LastTransitionTime.After(t) {
+				t = c.LastTransitionTime.Time
+			}
+		}
+	}
+	return t
 }

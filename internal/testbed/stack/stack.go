@@ -38,7 +38,8 @@ type Options struct {
 	// (relative to the test's package directory).
 	ConfigDir string
 	// Supervise runs the pod supervisor too, with test timings: a 4s
-	// pending timeout and a 3s early-exit window.
+	// pending timeout, a 3s early-exit window and a 2s grace for sandbox
+	// and container create errors.
 	Supervise bool
 	// Executor replaces the Kubernetes side of the worker (e.g. one whose
 	// breaker is open); nil uses the real executor.
@@ -92,7 +93,8 @@ func Start(t *testing.T, o Options) *Stack {
 
 	configs := queue.NewBuildConfigs(rdb, prefix, 2*time.Second)
 	marks := queue.NewStopMarks(rdb, s.Keys, time.Hour, 2*time.Second)
-	learned := exclusion.NewStore(rdb, s.Keys.Namespace(), time.Hour, 2*time.Second)
+	learned := exclusion.NewStore(rdb, exclusion.Options{Namespace: s.Keys.Namespace(), TTL: time.Hour,
+		LearnAfter: cfg.Verify.Fallback.LearnAfter, Window: time.Hour, Timeout: 2 * time.Second})
 	reporter := ciapi.New(ciapi.Options{Timeout: 2 * time.Second, MaxAttempts: 2, RetryDelay: 50 * time.Millisecond,
 		Breaker: breaker.Settings{OpenTimeout: time.Second}}, log, nil)
 	pods := supervisor.NewCache(kube, ns, nil)
@@ -107,7 +109,8 @@ func Start(t *testing.T, o Options) *Stack {
 		Rules: holder, Log: log.Named("supervisor"),
 	}, supervisor.Options{
 		Namespace: ns, Workers: 4, Fallback: true, DefaultAPIURI: ci.URL(),
-		Assess:    supervisor.AssessOptions{PendingTimeout: 4 * time.Second, Exit139Window: 3 * time.Second},
+		Assess: supervisor.AssessOptions{PendingTimeout: 4 * time.Second, Exit139Window: 3 * time.Second,
+			RuntimeErrorGrace: 2 * time.Second},
 		RetryBase: 100 * time.Millisecond, RetryMax: time.Second,
 	})
 	var execDep worker.Executor = exec
