@@ -58,6 +58,7 @@ import (
 type flags struct {
 	n, c, reps      int
 	rate            int
+	bareRate        float64
 	rateFor         time.Duration
 	held            int
 	idleWindow      time.Duration
@@ -76,6 +77,7 @@ func main() {
 	flag.IntVar(&f.n, "n", 1000, "builds per burst")
 	flag.IntVar(&f.c, "c", 8, "concurrency of the bare loop and of queue-worker (WORKER_CONCURRENCY)")
 	flag.IntVar(&f.reps, "reps", 3, "burst repetitions per side (median reported)")
+	flag.Float64Var(&f.bareRate, "bare-rate", 0, "the bare loop's burst rate, when the burst part is not run (sets the rates of the latency runs)")
 	flag.IntVar(&f.rate, "rate", 0, "builds per second of the fixed-rate run (0: a quarter and a half of the bare loop's burst rate measured in this run, else 20)")
 	flag.DurationVar(&f.rateFor, "rate-for", 10*time.Second, "length of the fixed-rate run")
 	flag.IntVar(&f.held, "held", 2000, "builds held Pending for the full-cluster runs (0: skip)")
@@ -147,7 +149,7 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{f: f, rc: rc, kube: kube}
+	b := &bench{f: f, rc: rc, kube: kube, bareRate: f.bareRate}
 	b.seq.Store(time.Now().Unix() % 100000 * 100000)
 	if b.redis, err = startRedis(); err != nil {
 		return err
@@ -233,7 +235,7 @@ func (s *bareSide) startInProcess() func(ctx context.Context, id int64) error {
 	holder := weightage.NewHolder(rules)
 	w := worker.New(worker.Deps{Executor: exec, Configs: queue.NewBuildConfigs(rdb, "", time.Second),
 		Marks: queue.NewStopMarks(rdb, keys, time.Hour, time.Second), Log: zap.NewNop(),
-		Router: routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: exclusion.NewStore(rdb, "resque", time.Hour, time.Second)})}, worker.Options{})
+		Router: routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: exclusion.NewStore(rdb, exclusion.Options{Namespace: "resque", TTL: time.Hour, Timeout: time.Second})})}, worker.Options{})
 	return func(ctx context.Context, id int64) error {
 		raw := fmt.Sprintf(`{"class":"start","queue":"builds","args":[{"buildId":%d,"jobId":%d,"pipelineId":42,"container":"node:18","apiUri":%q,"token":"jwt-%d","pipeline":{"id":42}}]}`, id, id, s.b.ciURL, id)
 		j, err := queue.ParseJob([]byte(raw), "builds")
@@ -373,7 +375,7 @@ func (s *workerSide) runInProcess() func() {
 	rules, _ := weightage.NewRules(weightage.RulesSpec{KataPercent: &pct, Default: weightage.Hyperd})
 	w := worker.New(worker.Deps{Executor: exec, Configs: queue.NewBuildConfigs(rdb, s.prefix, time.Second),
 		Marks: queue.NewStopMarks(rdb, keys, time.Hour, time.Second), Log: zap.NewNop(),
-		Router: routing.NewDecider(routing.DeciderDeps{Rules: weightage.NewHolder(rules), Learned: exclusion.NewStore(rdb, "resque", time.Hour, time.Second)})}, worker.Options{})
+		Router: routing.NewDecider(routing.DeciderDeps{Rules: weightage.NewHolder(rules), Learned: exclusion.NewStore(rdb, exclusion.Options{Namespace: "resque", TTL: time.Hour, Timeout: time.Second})})}, worker.Options{})
 	c, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: zap.NewNop()}, queue.Options{
 		Queues: []string{s.prefix + "builds"}, Concurrency: s.b.f.c, WorkerName: "inproc:1", BlockTimeout: time.Second,
 		OperationTimeout: 5 * time.Second, DrainTimeout: 5 * time.Second, Retry: queue.RetryPolicy{MaxRetries: 1, Delay: time.Second}})
