@@ -623,7 +623,8 @@ func (b *bench) burstPart(emit func(string), label string, hold func(ctx context
 			cpu := cpuByProcess().since(cpu0)
 			worker = append(worker, float64(b.f.n)/took.Seconds())
 			logf("burst %s rep %d: queue-worker %.1f builds/s; pods %s; CPU ms per build: %s", label, rep+1, worker[len(worker)-1], b.phases(ctx, ws.ns), cpu.perBuild(b.f.n))
-			logf("burst %s rep %d: queue-worker: apiserver requests and watch events per build: %s", label, rep+1, b.apiCounts(ctx).since(api0).perBuild(b.f.n))
+			logf("burst %s rep %d: queue-worker: apiserver requests and watch events per build: %s; pod creates that found the pod existing: %.0f",
+				label, rep+1, b.apiCounts(ctx).since(api0).perBuild(b.f.n), ws.d.metric(`queue_worker_executor_pod_creates_total{outcome="exists",runtime="kata"}`))
 			return nil
 		}
 		// Alternate which side goes first, so drift hits both alike.
