@@ -25,14 +25,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,6 +48,7 @@ import (
 	"github.com/sdkata/queue-worker/internal/executor"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
+	"github.com/sdkata/queue-worker/internal/testbed/proc"
 	"github.com/sdkata/queue-worker/internal/weightage"
 	"github.com/sdkata/queue-worker/internal/worker"
 	"go.uber.org/zap"
@@ -884,87 +883,28 @@ func (b *bench) memoryPart(emit func(string)) error {
 
 // ---- the daemon -----------------------------------------------------------
 
-type daemonProc struct {
-	cmd  *exec.Cmd
-	port int
-}
+// daemonProc is a queue-worker process of the bench.
+type daemonProc struct{ *proc.Daemon }
 
 func startDaemon(bin, configDir string, env map[string]string) (*daemonProc, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	d := &daemonProc{port: port}
-	d.cmd = exec.Command(bin, "run", "--config-dir", configDir)
-	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOST=127.0.0.1", "PORT=" + strconv.Itoa(port), "GOMAXPROCS=" + strconv.Itoa(daemonProcs())}
-	for k, v := range env {
-		d.cmd.Env = append(d.cmd.Env, k+"="+v)
-	}
+	env["GOMAXPROCS"] = strconv.Itoa(daemonProcs())
 	for _, kv := range os.Environ() { // QW_*: diagnosis switches for the daemon
-		if strings.HasPrefix(kv, "QW_") {
-			d.cmd.Env = append(d.cmd.Env, kv)
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "QW_") {
+			env[k] = v
 		}
 	}
-	d.cmd.Stderr = os.Stderr
-	if err := d.cmd.Start(); err != nil {
+	d, err := proc.StartDaemon(proc.DaemonOptions{Bin: bin, ConfigDir: configDir, Env: env, Stderr: os.Stderr})
+	if err != nil {
 		return nil, err
 	}
-	for range 300 {
-		resp, err := http.Get(d.url("/readyz"))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return d, nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	d.stop()
-	return nil, errors.New("queue-worker did not become ready")
+	return &daemonProc{d}, nil
 }
 
-func (d *daemonProc) url(path string) string {
-	return "http://127.0.0.1:" + strconv.Itoa(d.port) + path
-}
+func (d *daemonProc) stop() { d.Stop() }
 
-func (d *daemonProc) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	_ = d.cmd.Wait()
-}
+func (d *daemonProc) rss(field string) float64 { return d.Status(field) }
 
-// rss reads a field of the daemon's /proc status (VmRSS, RssAnon) in bytes.
-func (d *daemonProc) rss(field string) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, field+":") {
-			f := strings.Fields(line)
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-func (d *daemonProc) metric(name string) float64 {
-	resp, err := http.Get(d.url("/metrics"))
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, name+" ") {
-			v, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, name)), 64)
-			return v
-		}
-	}
-	return 0
-}
+func (d *daemonProc) metric(series string) float64 { return d.Metric(series) }
 
 // profile takes an 8s CPU profile of the daemon (it runs with
 // HTTPD_PROFILING when -profile is set) and returns a wait for it.
@@ -975,7 +915,7 @@ func (d *daemonProc) profile(dir, name string) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		resp, err := http.Get(d.url("/debug/pprof/profile?seconds=8"))
+		resp, err := http.Get(d.URL("/debug/pprof/profile?seconds=8"))
 		if err != nil {
 			logf("daemon profile: %v", err)
 			return
@@ -1025,46 +965,23 @@ func (d *daemonProc) cachedPods() int {
 
 // ---- a private Redis ------------------------------------------------------
 
+// miniRedis is the bench's own redis-server, so command counts are the
+// daemon's alone.
 type miniRedis struct {
-	cmd    *exec.Cmd
+	*proc.Redis
 	port   int
-	dir    string
 	client *redis.Client
 }
 
 func startRedis() (*miniRedis, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	r, err := proc.StartRedis(proc.RedisOptions{})
 	if err != nil {
 		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dir, err := os.MkdirTemp("", "bench-redis-")
-	if err != nil {
-		return nil, err
-	}
-	r := &miniRedis{port: port, dir: dir}
-	r.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", dir)
-	if err := r.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting redis-server: %w", err)
-	}
-	r.client = redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port)})
-	for range 100 {
-		if r.client.Ping(context.Background()).Err() == nil {
-			return r, nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	r.stop()
-	return nil, errors.New("private redis-server did not start")
+	return &miniRedis{Redis: r, port: r.Port(), client: r.Client}, nil
 }
 
-func (r *miniRedis) stop() {
-	_ = r.client.Close()
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	_ = os.RemoveAll(r.dir)
-}
+func (r *miniRedis) stop() { r.Close() }
 
 // commandsPerSecond is the server's command rate over window, minus the
 // two INFO calls that measure it.
