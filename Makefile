@@ -39,3 +39,10 @@ bench-queue:
 .PHONY: bench-e2e
 bench-e2e:
 	scripts/bench-e2e.sh
+
+# N builds, 3 replicas, one SIGKILLed every 2 s, Redis and the apiserver
+# SIGKILLed and restarted once; a report of lost, duplicate and failed
+# builds and CI reports (see docs/reliability.md). N=10000 by default.
+.PHONY: chaos
+chaos:
+	scripts/chaos.sh $(CHAOS_FLAGS)
