@@ -187,6 +187,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		srv.Handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
 	}
 	srv.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
+	// Not ready while the CI API's breaker is open: builds start, but their
+	// reports wait (and a rollout should not replace replicas meanwhile).
+	srv.AddCheck("ci-api", ci.Breaker().Check)
 	srv.AddCheck("kubernetes", func(ctx context.Context) error {
 		// A namespaced list also proves the RBAC the worker needs.
 		_, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{Limit: 1})

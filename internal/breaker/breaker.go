@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker"
@@ -101,6 +102,9 @@ type Breaker struct {
 	isFailure func(error) bool
 	cb        *gobreaker.CircuitBreaker
 	m         *Metrics
+	// openedAt is when the breaker last opened (unix nanoseconds), for
+	// readiness to say since when.
+	openedAt atomic.Int64
 }
 
 // New returns the breaker for the dependency name (a small fixed set such as
@@ -124,6 +128,9 @@ func New(name string, s Settings, m *Metrics) *Breaker {
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			f, t := fromGobreaker(from), fromGobreaker(to)
 			m.observeTransition(name, t)
+			if t == StateOpen && f == StateClosed {
+				b.openedAt.Store(time.Now().UnixNano())
+			}
 			fields := []zap.Field{zap.String("from", f.String()), zap.String("to", t.String())}
 			if t == StateOpen {
 				log.Warn("circuit breaker opened: calls fail fast", append(fields, zap.Duration("open_for", s.OpenTimeout))...)
@@ -142,6 +149,17 @@ func (b *Breaker) Name() string { return b.name }
 // State is the current state. Reading it may move an open breaker whose
 // timeout has passed to half-open.
 func (b *Breaker) State() State { return fromGobreaker(b.cb.State()) }
+
+// Check is a readiness check: an error while the breaker is open or
+// half-open (the dependency failed and has not answered since), saying
+// since when.
+func (b *Breaker) Check(context.Context) error {
+	if s := b.State(); s != StateClosed {
+		since := time.Unix(0, b.openedAt.Load()).UTC().Format(time.RFC3339)
+		return fmt.Errorf("%s circuit breaker %s since %s: calls fail fast", b.name, s, since)
+	}
+	return nil
+}
 
 // Execute runs fn unless the breaker rejects it, and records fn's outcome.
 // It returns ctx's error without running fn if ctx is already done, an error

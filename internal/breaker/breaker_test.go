@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -219,5 +220,30 @@ func TestMetricsReflectState(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(reg, "queue_worker_breaker_state", "queue_worker_breaker_transitions_total", "queue_worker_breaker_rejected_total"); err != nil || n != 2+6+2 {
 		t.Fatalf("gathered %d series (%v), want 10", n, err)
+	}
+}
+
+func TestBreaker_CheckFailsWhileOpenAndSaysSinceWhen(t *testing.T) {
+	b := New("ci-api", Settings{ConsecutiveFailures: 1, OpenTimeout: 50 * time.Millisecond}, nil)
+	if err := b.Check(context.Background()); err != nil {
+		t.Fatalf("closed breaker: %v", err)
+	}
+	_ = b.Execute(context.Background(), fail(errDown))
+	err := b.Check(context.Background())
+	const head = "ci-api circuit breaker open since "
+	if err == nil || !strings.HasPrefix(err.Error(), head) {
+		t.Fatalf("open breaker: %v", err)
+	}
+	since, perr := time.Parse(time.RFC3339, strings.Fields(strings.TrimPrefix(err.Error(), head))[0][:20])
+	if perr != nil || time.Since(since) > 2*time.Second {
+		t.Fatalf("open breaker says since %v (%v): %v", since, perr, err)
+	}
+	time.Sleep(60 * time.Millisecond) // half-open: still not ready until a call succeeds
+	if err := b.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "half-open") {
+		t.Fatalf("half-open breaker: %v", err)
+	}
+	_ = b.Execute(context.Background(), ok)
+	if err := b.Check(context.Background()); err != nil {
+		t.Fatalf("closed again: %v", err)
 	}
 }
