@@ -77,6 +77,20 @@ type Options struct {
 	// 500ms). A negative value disables the mover.
 	SchedulerInterval time.Duration
 	Retry             RetryPolicy
+	// MaxJobBytes and MaxJobDepth are the limits at the door (see Limits):
+	// a job beyond them goes to the failed list unparsed, its payload
+	// omitted. Zero takes DefaultLimits.
+	MaxJobBytes int
+	MaxJobDepth int
+	// MaxRecoveries is how many times a job may be returned from dead slots
+	// (their lease ran out while they held it) before the recoverer
+	// dead-letters it as a suspected poison job (default 3).
+	MaxRecoveries int
+	// FenceMargin: a slot stops acting on its job (cancels the job's
+	// context and leaves the settle to the recoverer) once its last
+	// confirmed heartbeat is older than LeaseDuration - FenceMargin, so it
+	// never acts past its lease. Default a sixth of the lease.
+	FenceMargin time.Duration
 	// Classes are the job classes the handler knows; others are counted
 	// under class "other" so metric labels stay bounded.
 	Classes []string
@@ -94,6 +108,12 @@ func (o *Options) defaults() {
 	}
 	if o.SchedulerInterval == 0 {
 		o.SchedulerInterval = 500 * time.Millisecond
+	}
+	if o.FenceMargin == 0 {
+		o.FenceMargin = o.LeaseDuration / 6
+	}
+	if o.MaxRecoveries == 0 {
+		o.MaxRecoveries = defaultMaxRecoveries
 	}
 	if o.Retry.Factor == 0 {
 		o.Retry.Factor = 2
@@ -113,6 +133,12 @@ type Consumer struct {
 	now     func() time.Time
 	slots   []*slot
 	jobs    jobMetrics
+	limits  Limits
+	// epoch and lastBeat measure the age of the leases on the monotonic
+	// clock: lastBeat is when (since epoch) the last heartbeat that
+	// succeeded was sent, so every lease runs at least LeaseDuration past it.
+	epoch    time.Time
+	lastBeat atomic.Int64
 }
 
 // Deps are what a Consumer works with.
@@ -141,11 +167,19 @@ func NewConsumer(deps Deps, opts Options) (*Consumer, error) {
 	if opts.HeartbeatInterval >= opts.LeaseDuration {
 		return nil, fmt.Errorf("queue consumer: heartbeat interval %v must be shorter than the lease %v", opts.HeartbeatInterval, opts.LeaseDuration)
 	}
+	if opts.FenceMargin < 0 || opts.HeartbeatInterval >= opts.LeaseDuration-opts.FenceMargin {
+		return nil, fmt.Errorf("queue consumer: the heartbeat interval %v must be shorter than the lease %v minus the fence margin %v", opts.HeartbeatInterval, opts.LeaseDuration, opts.FenceMargin)
+	}
+	if opts.MaxRecoveries < 1 {
+		return nil, fmt.Errorf("queue consumer: max recoveries must be at least 1, got %d", opts.MaxRecoveries)
+	}
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
 	c := &Consumer{rdb: rdb, keys: keys, opts: opts, log: log, metrics: metrics, now: time.Now,
-		jobs: newJobMetrics(metrics, opts.Classes)}
+		jobs:   newJobMetrics(metrics, opts.Classes),
+		limits: Limits{MaxJobBytes: opts.MaxJobBytes, MaxJobDepth: opts.MaxJobDepth}.withDefaults(),
+		epoch:  time.Now()}
 	for i := range opts.Concurrency {
 		name := opts.WorkerName + "-" + strconv.Itoa(i)
 		q := opts.Queues[i%len(opts.Queues)]
@@ -164,9 +198,12 @@ type slot struct {
 	// recordTail is the worker record's text after the payload.
 	recordTail string
 	m          slotMetrics
-	// cancelJob cancels the job in progress when the lease is found lost.
+	// cancelJob cancels the job in progress when the lease is found lost or
+	// cannot be confirmed in time; fenced then says the delivery must not
+	// settle (the recoverer owns the job, or the slot's sweep returns it).
 	mu        sync.Mutex
 	cancelJob context.CancelFunc
+	fenced    bool
 	// dirty is set when a settle could not be written: the slot's in-flight
 	// list may hold a job its (live) lease hides from recoverers, so the slot
 	// returns it to the queue before taking anything else.
@@ -211,25 +248,51 @@ func (s *slot) recordHead(now time.Time) string {
 
 func (s *slot) member() string { return s.name + ":" + s.queue }
 
-func (s *slot) setCancel(f context.CancelFunc) {
+// begin marks the slot as holding a job whose context cancel cancels.
+func (s *slot) begin(cancel context.CancelFunc) {
 	s.mu.Lock()
-	s.cancelJob = f
+	s.cancelJob, s.fenced = cancel, false
 	s.mu.Unlock()
 }
 
-func (s *slot) leaseLost() {
+// end marks the slot idle again and says whether the delivery was fenced.
+func (s *slot) end() (fenced bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cancelJob = nil
+	return s.fenced
+}
+
+// busy says whether the slot holds a job.
+func (s *slot) busy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cancelJob != nil
+}
+
+// fence makes the slot stop acting on the job it holds, if any: the job's
+// context is cancelled and its outcome will not be settled. The slot then
+// sweeps its in-flight list (the job is still there unless a recoverer
+// returned it) and re-leases before taking again. It reports whether a job
+// was fenced now.
+func (s *slot) fence() bool {
 	s.needLease.Store(true)
 	s.mu.Lock()
-	if s.cancelJob != nil {
-		s.cancelJob()
+	defer s.mu.Unlock()
+	if s.cancelJob == nil || s.fenced {
+		return false
 	}
-	s.mu.Unlock()
+	s.fenced = true
+	s.dirty.Store(true)
+	s.cancelJob()
+	return true
 }
 
 // Run takes and hands over jobs until ctx is cancelled, then lets jobs in
 // progress finish for up to DrainTimeout, returns what is left to its queue
-// and unregisters. It also runs the heartbeat, and unless disabled the
-// recoverer and the delayed-job mover, all stopped before it returns.
+// and unregisters. It also runs the heartbeat and the fence, and unless
+// disabled the recoverer and the delayed-job mover, all stopped before it
+// returns.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	bg := context.WithoutCancel(ctx)
 	// A previous process with the same name (a restarted container keeps its
@@ -246,10 +309,14 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	// The heartbeat must outlive the drain: a draining job keeps its lease.
 	hbCtx, stopHB := context.WithCancel(bg)
 	var bgWG sync.WaitGroup
-	bgWG.Add(1)
+	bgWG.Add(2)
 	go func() { defer bgWG.Done(); c.heartbeatLoop(hbCtx) }()
+	go func() { defer bgWG.Done(); c.fenceLoop(hbCtx) }()
 	if c.opts.RecoverInterval > 0 {
-		r := NewRecoverer(c.rdb, c.keys, c.opts.Queues[0], c.opts.OperationTimeout, c.log, c.metrics)
+		r := NewRecoverer(Deps{Redis: c.rdb, Keys: c.keys, Log: c.log, Metrics: c.metrics}, RecovererOptions{
+			Fallback: c.opts.Queues[0], OperationTimeout: c.opts.OperationTimeout,
+			MaxRecoveries: c.opts.MaxRecoveries, Limits: c.limits,
+		})
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); r.Run(ctx, c.opts.RecoverInterval) }()
 	}
@@ -328,7 +395,10 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 			}
 			s.dirty.Store(false)
 		}
-		if s.needLease.Load() {
+		// A take needs a live lease: one the heartbeat confirmed recently
+		// enough that it outlasts the job's start, and that no recoverer
+		// took away.
+		if s.needLease.Load() || c.stale() {
 			if err := c.heartbeat(ctx, false); err != nil {
 				c.metrics.RedisErrors.WithLabelValues("heartbeat").Inc()
 				sleepCtx(ctx, backoff.next())
@@ -366,18 +436,64 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 	}
 }
 
+// deliverHook, when set (by tests), is called at each stage of deliver:
+// "check", "parse", "record", "handle", "settle".
+var deliverHook atomic.Pointer[func(stage string)]
+
+func hook(stage string) {
+	if f := deliverHook.Load(); f != nil {
+		(*f)(stage)
+	}
+}
+
 // deliver hands one in-flight job to h and settles the outcome. recorded
 // says the worker record already holds it (written by the settle script that
 // took it). It returns the next job if the job's settle took one (only while
 // takeCtx is live).
-func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, recorded bool, h Handler) (string, bool) {
+//
+// Nothing in here may kill the process: the job is untrusted input. It is
+// held to the limits before anything decodes it (a recursive decoder would
+// overflow the stack, which recover cannot catch), and a panic anywhere in
+// here dead-letters the job rather than losing it or crashing.
+func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, recorded bool, h Handler) (next string, haveNext bool) {
 	jobCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.setCancel(cancel)
-	defer s.setCancel(nil)
-
+	s.begin(cancel)
 	d := &delivery{c: c, slot: s, raw: raw, takenAt: c.now(), takeCtx: takeCtx}
+	defer func() {
+		fenced := s.end()
+		if r := recover(); r != nil {
+			next, haveNext = c.afterPanic(d, r)
+			return
+		}
+		if fenced && !d.settled {
+			// The lease could not be confirmed in time (or was recovered):
+			// the job is not ours to settle any more. It is still in our
+			// in-flight list unless a recoverer returned it; the slot's
+			// sweep returns it if so, once Redis answers again.
+			c.metrics.InFlight.Dec()
+			c.log.Warn("job abandoned unsettled: the slot's lease could not be confirmed before it ran out",
+				zap.String("slot", s.name), zap.String("class", d.class()))
+		}
+	}()
+	if c.stale() {
+		// The lease may be gone already: do not even start.
+		c.fenceAll()
+	}
+
+	hook("check")
+	if rej := c.limits.check([]byte(raw)); rej != nil {
+		d.Job = &Job{Queue: s.queue, Raw: []byte(raw)}
+		c.metrics.Rejected.WithLabelValues(rej.Label).Inc()
+		c.settleFailure(jobCtx, d, Failure{
+			Worker: s.name, Queue: s.queue, PayloadOmitted: rej.Reason,
+			Exception: rej.Exception, Error: rej.Reason, FailedAt: c.now(),
+		}, "other")
+		return d.next, d.haveNext
+	}
+	hook("parse")
 	job, err := ParseJob([]byte(raw), s.queue)
+	hook("record")
 	c.recordWorkingOn(ctx, s, raw, recorded, err == nil)
 	if err != nil {
 		// Nothing can make a malformed envelope succeed: dead-letter it with
@@ -389,11 +505,76 @@ func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, re
 	job.prefetched = recorded
 	d.Job = job
 	class := c.jobs.class(job.Class)
+	if s.isFenced() {
+		return "", false // fenced before the handler started
+	}
 	start := c.now()
+	hook("handle")
 	out := c.handle(jobCtx, h, job)
 	c.jobs.duration(class).Observe(c.now().Sub(start).Seconds())
+	if s.isFenced() {
+		return "", false
+	}
+	hook("settle")
 	c.settle(jobCtx, d, out, class)
 	return d.next, d.haveNext
+}
+
+func (s *slot) isFenced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fenced
+}
+
+// afterPanic handles a panic in deliver outside the handler (parsing,
+// recording, settling): the job, if still in flight, goes to the failed
+// list with the panic as its reason, written without decoding or
+// re-encoding it. If even that fails, the slot is left dirty: its sweep
+// returns the job to the queue before it takes anything else.
+func (c *Consumer) afterPanic(d *delivery, r any) (string, bool) {
+	s := d.slot
+	c.metrics.Panics.WithLabelValues("deliver").Inc()
+	c.log.Error("delivering a job panicked; dead-lettering it", zap.String("slot", s.name),
+		zap.Any("panic", r), zap.Stack("stack"))
+	// A settle that panicked after its script ran may have taken the next
+	// job into our in-flight list: the sweep returns it.
+	s.dirty.Store(true)
+	if d.haveNext {
+		c.metrics.InFlight.Dec()
+	}
+	if d.settled {
+		return "", false
+	}
+	c.metrics.InFlight.Dec()
+	c.metrics.Rejected.WithLabelValues("panic").Inc()
+	reason := fmt.Sprintf("delivering the job panicked: %v", r)
+	func() {
+		defer func() {
+			if r2 := recover(); r2 != nil {
+				c.log.Error("dead-lettering a job after a panic panicked too; the slot returns it to its queue", zap.Any("panic", r2))
+			}
+		}()
+		f := Failure{Worker: s.name, Queue: s.queue, Exception: "Panic", Error: reason, FailedAt: c.now()}
+		if rej := c.limits.check([]byte(d.raw)); rej != nil {
+			f.PayloadOmitted = rej.Reason
+		} else {
+			f.Payload = []byte(d.raw)
+		}
+		entry := f.Encode()
+		keys := []string{s.inflight, s.queueKey, s.record, c.keys.Failed(), c.keys.StatFailed(), c.keys.WorkerStatFailed(s.name), s.queueKey}
+		_, err := c.withRetry(context.Background(), func(ctx context.Context) (int, error) {
+			r, err := failScript.Run(ctx, c.rdb, keys, d.raw, entry, "").Slice()
+			if err != nil {
+				return 0, err
+			}
+			n, _, err := settleReply(r)
+			return n, err
+		})
+		if err != nil {
+			c.log.Error("dead-lettering a job after a panic failed; the slot returns it to its queue", zap.Error(err))
+		}
+	}()
+	return "", false
 }
 
 // handle runs the handler; a panic fails that job (with the panic as its
@@ -401,6 +582,7 @@ func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, re
 func (c *Consumer) handle(ctx context.Context, h Handler, job *Job) (out Outcome) {
 	defer func() {
 		if r := recover(); r != nil {
+			c.metrics.Panics.WithLabelValues("handler").Inc()
 			c.log.Error("job handler panicked; failing the job", zap.String("class", job.Class),
 				zap.Any("panic", r), zap.Stack("stack"))
 			out = Fail("Panic", fmt.Errorf("handler panicked: %v", r))
@@ -414,6 +596,17 @@ func (c *Consumer) handle(ctx context.Context, h Handler, job *Job) (out Outcome
 func (c *Consumer) settle(ctx context.Context, d *delivery, o Outcome, class string) {
 	st := plan(o, d.Job.Attempt, c.opts.Retry, ctx.Err() != nil)
 	log := c.log.With(zap.String("class", d.Job.Class), zap.String("queue", d.Job.Queue), zap.Int("attempt", d.Job.Attempt))
+	var next []byte
+	if st.op == opDelay {
+		var err error
+		if next, err = d.Job.withAttempt(st.attempt); err != nil {
+			// It cannot travel through the delayed schedule (nor be taken
+			// again, ever, if left in flight): it goes to the failed list.
+			c.metrics.Rejected.WithLabelValues("unencodable").Inc()
+			st = settlement{op: opFail, label: OutcomeFailed, exception: "UnencodableJob",
+				reason: fmt.Errorf("cannot %s the job: %w (outcome: %v)", st.label, err, o)}
+		}
+	}
 	var err error
 	switch st.op {
 	case opAck:
@@ -426,9 +619,9 @@ func (c *Consumer) settle(ctx context.Context, d *delivery, o Outcome, class str
 				report = nil
 			}
 		}
-		err = d.fail(ctx, st.exception, st.reason, report)
+		err = d.fail(ctx, d.failure(st.exception, st.reason), report)
 	case opDelay:
-		err = d.schedule(ctx, st.delay, st.attempt, st.label)
+		err = d.schedule(ctx, next, st.delay, st.label)
 	case opRequeue:
 		err = d.requeue(ctx)
 	}
@@ -450,6 +643,18 @@ func (c *Consumer) settle(ctx context.Context, d *delivery, o Outcome, class str
 	case OutcomeRequeued:
 		log.Info("job returned to its queue unchanged (interrupted)")
 	}
+}
+
+// settleFailure writes a prepared failed entry (a job rejected at the door).
+func (c *Consumer) settleFailure(ctx context.Context, d *delivery, f Failure, class string) {
+	if err := d.fail(ctx, f.Encode(), nil); err != nil {
+		c.log.Error("settling the job failed; the slot returns it to its queue before taking more",
+			zap.String("outcome", OutcomeFailed), zap.Error(err))
+		return
+	}
+	c.jobs.count(class, OutcomeFailed)
+	c.log.Error("job written to the failed list", zap.String("exception", f.Exception), zap.String("reason", f.Error),
+		zap.String("slot", d.slot.name))
 }
 
 // recordWorkingOn mirrors the in-flight job into resque's worker record, so
@@ -513,7 +718,8 @@ func (c *Consumer) withRetry(ctx context.Context, run func(context.Context) (int
 }
 
 // requeueLeftovers moves every job left in a slot's in-flight list back to
-// the head of the queue named in the job (or the slot's queue).
+// the head of the queue named in the job (or the slot's queue). It runs only
+// while the slot holds no job, so everything there is a leftover.
 func (c *Consumer) requeueLeftovers(ctx context.Context, s *slot) error {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.OperationTimeout)
 	defer cancel()
@@ -523,8 +729,10 @@ func (c *Consumer) requeueLeftovers(ctx context.Context, s *slot) error {
 	}
 	for i := len(left) - 1; i >= 0; i-- {
 		q := s.queue
-		if j, err := ParseJob([]byte(left[i]), s.queue); err == nil {
-			q = j.Queue
+		if c.limits.check([]byte(left[i])) == nil {
+			if j, err := ParseJob([]byte(left[i]), s.queue); err == nil {
+				q = j.Queue
+			}
 		}
 		if err := requeueScript.Run(ctx, c.rdb, []string{s.inflight, c.keys.Queue(q), s.record}, left[i]).Err(); err != nil {
 			return err
@@ -536,17 +744,67 @@ func (c *Consumer) requeueLeftovers(ctx context.Context, s *slot) error {
 }
 
 func (c *Consumer) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(c.opts.HeartbeatInterval)
+	// After a failed beat the next comes sooner (backing off up to the
+	// interval): every missed beat brings the fence closer.
+	b := newBackoff(c.opts.HeartbeatInterval/8, c.opts.HeartbeatInterval)
+	t := time.NewTimer(c.opts.HeartbeatInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := c.heartbeat(ctx, false); err != nil && ctx.Err() == nil {
-				c.metrics.RedisErrors.WithLabelValues("heartbeat").Inc()
-				c.log.Warn("heartbeat failed; leases run out if this persists", zap.Error(err))
-			}
+		}
+		if err := c.heartbeat(ctx, false); err != nil && ctx.Err() == nil {
+			c.metrics.RedisErrors.WithLabelValues("heartbeat").Inc()
+			c.log.Warn("heartbeat failed; jobs are abandoned if their lease cannot be confirmed in time", zap.Error(err))
+			t.Reset(b.next())
+			continue
+		}
+		b.reset()
+		t.Reset(c.opts.HeartbeatInterval)
+	}
+}
+
+// sinceBeat is the age of the last confirmed heartbeat.
+func (c *Consumer) sinceBeat() time.Duration {
+	return time.Since(c.epoch) - time.Duration(c.lastBeat.Load())
+}
+
+// stale says the leases may run out before the next job could start: the
+// last confirmed heartbeat is older than the lease minus the fence margin.
+func (c *Consumer) stale() bool {
+	return c.sinceBeat() >= c.opts.LeaseDuration-c.opts.FenceMargin
+}
+
+// fenceLoop cancels every job in progress, and keeps them from settling,
+// once the leases can no longer be confirmed: a replica cut off from Redis
+// (but not from Kubernetes) must not act on jobs a recoverer is handing to
+// another replica.
+func (c *Consumer) fenceLoop(ctx context.Context) {
+	t := time.NewTimer(c.opts.LeaseDuration - c.opts.FenceMargin)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if wait := c.opts.LeaseDuration - c.opts.FenceMargin - c.sinceBeat(); wait > 0 {
+			t.Reset(wait)
+			continue
+		}
+		c.fenceAll()
+		t.Reset(max(c.opts.FenceMargin/4, 10*time.Millisecond))
+	}
+}
+
+func (c *Consumer) fenceAll() {
+	for _, s := range c.slots {
+		if s.fence() {
+			c.metrics.Fenced.Inc()
+			c.log.Error("lease not confirmed for too long (Redis unreachable?); cancelling the job in progress, leaving it to the recoverer",
+				zap.String("slot", s.name), zap.Duration("since_heartbeat", c.sinceBeat()), zap.Duration("lease", c.opts.LeaseDuration))
 		}
 	}
 }
@@ -561,18 +819,44 @@ func (c *Consumer) heartbeat(ctx context.Context, first bool) error {
 	}
 	args := []any{c.opts.LeaseDuration.Milliseconds()}
 	for _, s := range c.slots {
-		args = append(args, s.name, s.queue, s.member(), c.keys.WorkerStarted(s.name, s.queue), c.keys.WorkerPing(s.name), flag)
+		args = append(args, s.name, s.queue, s.member(), c.keys.WorkerStarted(s.name, s.queue), c.keys.WorkerPing(s.name), s.inflight, flag)
 	}
-	lost, err := heartbeatScript.Run(ctx, c.rdb, []string{c.keys.Leases(), c.keys.Slots(), c.keys.Workers()}, args...).StringSlice()
+	sent := time.Since(c.epoch)
+	res, err := heartbeatScript.Run(ctx, c.rdb, []string{c.keys.Leases(), c.keys.Slots(), c.keys.Workers()}, args...).Slice()
 	if err != nil {
 		return err
 	}
-	for _, name := range lost {
+	if len(res) != 2 {
+		return fmt.Errorf("heartbeat: unexpected reply %v", res)
+	}
+	lost, _ := res[0].([]any)
+	lengths, _ := res[1].([]any)
+	// Every lease now runs at least LeaseDuration past the moment we sent
+	// the beat (Redis read its clock after that).
+	for {
+		old := c.lastBeat.Load()
+		if int64(sent) <= old || c.lastBeat.CompareAndSwap(old, int64(sent)) {
+			break
+		}
+	}
+	for _, l := range lost {
+		name, _ := l.(string)
 		for _, s := range c.slots {
 			if s.name == name {
 				c.metrics.LeasesLost.Inc()
-				c.log.Error("lease lost (recovered by another replica after missed heartbeats); abandoning the job in progress", zap.String("slot", name))
-				s.leaseLost()
+				c.log.Error("lease lost or expired (missed heartbeats); abandoning the job in progress", zap.String("slot", name))
+				s.fence()
+			}
+		}
+	}
+	for i, s := range c.slots {
+		if i < len(lengths) {
+			if n, _ := lengths[i].(int64); n > 0 && !s.busy() {
+				// An idle slot with entries in its in-flight list: a settle a
+				// failover undid, or a take whose reply was lost. The slot
+				// returns them before its next take. (If the slot took a job
+				// just now, the sweep finds only what is stale by then.)
+				s.dirty.Store(true)
 			}
 		}
 	}
@@ -609,65 +893,104 @@ type delivery struct {
 	// in-flight list; the slot works it next.
 	next     string
 	haveNext bool
+	// settled says a settle ran to the end (written or given up on).
+	settled bool
+}
+
+func (d *delivery) class() string {
+	if d.Job != nil {
+		return d.Job.Class
+	}
+	return ""
 }
 
 // mayTake says whether this settle may take the slot's next job too.
 func (d *delivery) mayTake() bool { return d.takeCtx != nil && d.takeCtx.Err() == nil }
 
-// run executes a settling script with retries. It runs even when the job's
-// context is done: a cancelled job must still be written back.
-func (d *delivery) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (int, error) {
-	return d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
-		return s.Run(ctx, d.c.rdb, keys, args...).Int()
-	})
+// settleReply reads a settling script's {n, swept, ...} reply.
+func settleReply(res []any) (n, swept int, err error) {
+	if len(res) < 2 {
+		return 0, 0, fmt.Errorf("unexpected reply %v", res)
+	}
+	a, ok1 := res[0].(int64)
+	b, ok2 := res[1].(int64)
+	if !ok1 || !ok2 {
+		return 0, 0, fmt.Errorf("unexpected reply %v", res)
+	}
+	return int(a), int(b), nil
 }
 
-// runTake is run, but when take is set its first attempt is the script's
-// take-next variant (see takeNextTail), which also moves the slot's next
-// job into the in-flight list. Retries use the plain script: if the first
-// attempt's reply was lost, a job it took may sit in the in-flight list, so
-// the slot is marked dirty and sweeps it back to the queue before taking.
+// runTake executes a settling script with retries; it runs even when the
+// job's context is done: a cancelled job must still be written back. When
+// take is set its first attempt is the script's take-next variant (see
+// takeNextTail), which also moves the slot's next job into the in-flight
+// list. Retries use the plain script: if the first attempt's reply was lost,
+// a job it took may sit in the in-flight list, so the slot is marked dirty
+// and sweeps it back to the queue before taking.
 func (d *delivery) runTake(ctx context.Context, take bool, plain, withTake *redis.Script, keys []string, args ...any) (int, error) {
-	if !take {
-		return d.run(ctx, plain, keys, args...)
-	}
 	s := d.slot
-	tkeys := append(keys[:len(keys):len(keys)], s.queueKey, s.record)
-	targs := append(args[:len(args):len(args)], s.recordHead(d.c.now()), s.recordTail)
+	var tkeys []string
+	var targs []any
+	if take {
+		tkeys = append(keys[:len(keys):len(keys)], d.c.keys.Leases())
+		targs = append(args[:len(args):len(args)], s.name, s.recordHead(d.c.now()), s.recordTail)
+	}
 	first := true
-	return d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
-		if !first {
-			return plain.Run(ctx, d.c.rdb, keys, args...).Int()
+	swept := 0
+	n, err := d.c.withRetry(ctx, func(ctx context.Context) (int, error) {
+		script, k, a := plain, keys, args
+		withTakeNow := take && first
+		if withTakeNow {
+			script, k, a = withTake, tkeys, targs
 		}
 		first = false
-		res, err := withTake.Run(ctx, d.c.rdb, tkeys, targs...).Slice()
-		if err == nil && (len(res) < 1 || len(res) > 2) {
-			err = fmt.Errorf("unexpected reply %v", res)
-		}
-		var n int64
+		res, err := script.Run(ctx, d.c.rdb, k, a...).Slice()
+		var n int
 		if err == nil {
-			var ok bool
-			if n, ok = res[0].(int64); !ok {
-				err = fmt.Errorf("unexpected reply %v", res)
-			}
+			n, swept, err = settleReply(res)
 		}
-		if err == nil && len(res) == 2 {
-			job, ok := res[1].(string)
-			if !ok {
-				err = fmt.Errorf("unexpected reply %v", res)
-			} else {
-				d.next, d.haveNext = job, true
-			}
+		if err == nil && withTakeNow {
+			err = d.readTake(res)
 		}
-		if err != nil {
+		if err != nil && withTakeNow {
 			s.dirty.Store(true)
-			return 0, err
 		}
-		return int(n), nil
+		return n, err
 	})
+	if err == nil && swept > 0 {
+		d.c.metrics.StaleReturned.Add(float64(swept))
+		d.c.log.Warn("returned entries found in the slot's in-flight list besides its own job (a settle undone by a Redis failover or restart?) to the queue",
+			zap.String("slot", s.name), zap.Int("entries", swept))
+	}
+	return n, err
+}
+
+// readTake reads the took part of a take variant's reply.
+func (d *delivery) readTake(res []any) error {
+	if len(res) < 3 {
+		return fmt.Errorf("unexpected reply %v", res)
+	}
+	switch took, _ := res[2].(int64); took {
+	case tookNothing:
+	case tookNotLeased:
+		d.slot.needLease.Store(true)
+	case tookJob:
+		job, ok := "", len(res) == 4
+		if ok {
+			job, ok = res[3].(string)
+		}
+		if !ok {
+			return fmt.Errorf("unexpected reply %v", res)
+		}
+		d.next, d.haveNext = job, true
+	default:
+		return fmt.Errorf("unexpected reply %v", res)
+	}
+	return nil
 }
 
 func (d *delivery) settle(op string, n int, err error) error {
+	d.settled = true
 	if err != nil {
 		d.c.metrics.RedisErrors.WithLabelValues(op).Inc()
 		d.slot.dirty.Store(true)
@@ -691,22 +1014,20 @@ func (d *delivery) settle(op string, n int, err error) error {
 
 // ack removes the job from flight and counts it processed.
 func (d *delivery) ack(ctx context.Context) error {
-	take := d.mayTake()
-	keys := []string{d.slot.inflight, d.c.keys.StatProcessed(), d.c.keys.WorkerStatProcessed(d.slot.name), d.slot.record}
-	n, err := d.runTake(ctx, take, ackScript, ackTakeScript, keys, d.raw)
+	hook("settle-script")
+	s := d.slot
+	keys := []string{s.inflight, s.queueKey, s.record, d.c.keys.StatProcessed(), d.c.keys.WorkerStatProcessed(s.name)}
+	n, err := d.runTake(ctx, d.mayTake(), ackScript, ackTakeScript, keys, d.raw)
 	if err == nil && n == 1 {
-		d.slot.m.acked.Inc()
+		s.m.acked.Inc()
 	}
 	return d.settle(opAck, n, err)
 }
 
-// fail moves the job to the resque failed list at once, with exception and
-// reason, in node-resque's format so resque tooling can show and retry it.
-// report, if not nil, is a job pushed onto the job's queue in the same
-// script.
-func (d *delivery) fail(ctx context.Context, exception string, reason error, report []byte) error {
-	take := d.mayTake()
-	entry := Failure{
+// failure is the failed entry of this job, in node-resque's format so resque
+// tooling can show and retry it (secrets redacted, see Failure.Encode).
+func (d *delivery) failure(exception string, reason error) []byte {
+	return Failure{
 		Worker:    d.slot.name,
 		Queue:     d.Job.Queue,
 		Payload:   []byte(d.raw),
@@ -714,37 +1035,40 @@ func (d *delivery) fail(ctx context.Context, exception string, reason error, rep
 		Error:     reason.Error(),
 		FailedAt:  d.c.now(),
 	}.Encode()
-	keys := []string{d.slot.inflight, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(d.slot.name), d.slot.record,
+}
+
+// fail moves the job to the resque failed list at once, as entry. report,
+// if not nil, is a job pushed onto the job's queue in the same script.
+func (d *delivery) fail(ctx context.Context, entry, report []byte) error {
+	hook("settle-script")
+	s := d.slot
+	keys := []string{s.inflight, s.queueKey, s.record, d.c.keys.Failed(), d.c.keys.StatFailed(), d.c.keys.WorkerStatFailed(s.name),
 		d.c.keys.Queue(d.Job.Queue)}
-	n, err := d.runTake(ctx, take, failScript, failTakeScript, keys, d.raw, entry, string(report))
+	n, err := d.runTake(ctx, d.mayTake(), failScript, failTakeScript, keys, d.raw, entry, string(report))
 	if err := d.settle(opFail, n, err); err != nil {
 		return err
 	}
 	if n == 1 {
-		d.slot.m.deadLettered.Inc()
+		s.m.deadLettered.Inc()
 	}
 	return nil
 }
 
-// schedule puts the job back through the delayed schedule, due after delay,
-// carrying attempt (op is the metric label: retried or delayed).
-func (d *delivery) schedule(ctx context.Context, delay time.Duration, attempt int, op string) error {
-	next, err := d.Job.withAttempt(attempt)
-	if err != nil {
-		return fmt.Errorf("%s job %s: %w", op, d.describe(), err)
-	}
-	take := d.mayTake()
-	// node-resque's enqueueIn rounds to the nearest second.
-	ts := int64(math.Round(float64(d.c.now().Add(delay).UnixMilli()) / 1000))
-	keys := []string{d.slot.inflight, d.c.keys.Delayed(ts), d.c.keys.Timestamps(string(next)), d.c.keys.DelayedSchedule(), d.slot.record}
-	n, err := d.runTake(ctx, take, delayScript, delayTakeScript, keys, d.raw, next, ts)
+// schedule puts the job back through the delayed schedule as next (the job
+// rendered for its next attempt), due after delay by Redis's clock (op is
+// the metric label: retried or delayed).
+func (d *delivery) schedule(ctx context.Context, next []byte, delay time.Duration, op string) error {
+	hook("settle-script")
+	s := d.slot
+	keys := []string{s.inflight, s.queueKey, s.record, d.c.keys.DelayedSchedule()}
+	n, err := d.runTake(ctx, d.mayTake(), delayScript, delayTakeScript, keys, d.raw, next, delay.Milliseconds(), d.c.keys.Namespace())
 	if err := d.settle(op, n, err); err != nil {
 		return err
 	}
 	if op == OutcomeRetried {
-		d.slot.m.retried.Inc()
+		s.m.retried.Inc()
 	} else {
-		d.slot.m.postponed.Inc()
+		s.m.postponed.Inc()
 	}
 	return nil
 }
@@ -752,7 +1076,9 @@ func (d *delivery) schedule(ctx context.Context, delay time.Duration, attempt in
 // requeue returns the job to the head of its queue unchanged.
 // It never takes the next job: that would take this one straight back.
 func (d *delivery) requeue(ctx context.Context) error {
-	n, err := d.run(ctx, requeueScript, []string{d.slot.inflight, d.slot.queueKey, d.slot.record}, d.raw)
+	hook("settle-script")
+	s := d.slot
+	n, err := d.runTake(ctx, false, requeueSettleScript, nil, []string{s.inflight, s.queueKey, s.record}, d.raw)
 	return d.settle(opRequeue, n, err)
 }
 

@@ -163,7 +163,7 @@ func TestConsumer_FailWritesNodeResqueEntry(t *testing.T) {
 	testbed.Eventually(t, 5*time.Second, "failed entry", func() bool { return f.rdb.LLen(ctx, f.keys.Failed()).Val() == 1 })
 	stop()
 	entry := f.rdb.LIndex(ctx, f.keys.Failed(), 0).Val()
-	prefix := `{"worker":"` + f.opts.WorkerName + `-0","queue":"builds","payload":` + job + `,"exception":"InvalidPayload","error":"container (the build image) is required","backtrace":null,"failed_at":"`
+	prefix := `{"worker":"` + f.opts.WorkerName + `-0","queue":"builds","payload":` + job + `,"exception":"InvalidPayload","error":"container (the build image) is required","backtrace":[],"failed_at":"`
 	if !strings.HasPrefix(entry, prefix) || !strings.HasSuffix(entry, `(Coordinated Universal Time)"}`) {
 		t.Fatalf("entry\n%s\nwant prefix\n%s", entry, prefix)
 	}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,10 +15,14 @@ type Job struct {
 	// Queue is the job's own queue field (node-resque adds it; Ruby resque
 	// does not), falling back to the queue it was taken from.
 	Queue string
-	Args  []json.RawMessage
+	// Args are the job's arguments, without the attempt marker (see Attempt).
+	Args []json.RawMessage
 	// Attempt counts the attempts that already failed (0 on first delivery).
-	// It travels with the job as an extra top-level "attempt" field, which
-	// node-resque and resque ignore.
+	// It travels inside args, as a trailing {"queueWorkerAttempt":N}
+	// element, because node-resque's scheduler re-enqueues a delayed job as
+	// enqueue(queue, class, args): anything outside class, queue and args is
+	// dropped on the way. A top-level "attempt" field (what earlier versions
+	// wrote) is still read.
 	Attempt int
 	// Raw is the exact bytes taken from Redis; settling a job removes exactly
 	// these bytes from the in-flight list.
@@ -29,11 +34,19 @@ type Job struct {
 	prefetched bool
 }
 
+// attemptKey names the attempt marker, the last element of args when a job
+// is on its second or later attempt: {"queueWorkerAttempt":2}.
+const attemptKey = "queueWorkerAttempt"
+
+var attemptPrefix = []byte(`{"` + attemptKey + `":`)
+
 // ErrMalformed marks a payload that is not a resque job at all.
 var ErrMalformed = errors.New("malformed resque job")
 
 // ParseJob decodes a resque job, tolerating extra top-level fields. The
-// envelope, args included, is decoded in one pass.
+// envelope, args included, is decoded in one pass. (encoding/json refuses
+// nesting beyond 10000 levels without recursing that deep; the consumer
+// holds jobs to Limits before they get here.)
 func ParseJob(raw []byte, takenFrom string) (*Job, error) {
 	var env struct {
 		Class   *string           `json:"class"`
@@ -61,10 +74,35 @@ func ParseJob(raw []byte, takenFrom string) (*Job, error) {
 		return nil, fmt.Errorf("%w: missing \"args\"", ErrMalformed)
 	}
 	j := &Job{Class: *env.Class, Queue: takenFrom, Raw: raw, Attempt: env.Attempt, Args: env.Args}
+	if n := len(env.Args); n > 0 {
+		if a, ok, err := parseAttemptArg(env.Args[n-1]); err != nil {
+			return nil, err
+		} else if ok {
+			j.Args = env.Args[: n-1 : n-1]
+			j.Attempt = max(j.Attempt, a)
+		}
+	}
 	if env.Queue != nil && *env.Queue != "" {
 		j.Queue = *env.Queue
 	}
 	return j, nil
+}
+
+// parseAttemptArg reads an attempt marker ({"queueWorkerAttempt":N} and
+// nothing else); ok is false for any other argument.
+func parseAttemptArg(a json.RawMessage) (attempt int, ok bool, err error) {
+	if !bytes.HasPrefix(bytes.TrimLeft(a, " \t\r\n"), attemptPrefix) {
+		return 0, false, nil
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(a, &m) != nil || len(m) != 1 {
+		return 0, false, nil
+	}
+	n, perr := strconv.Atoi(string(m[attemptKey]))
+	if perr != nil || n < 0 {
+		return 0, false, fmt.Errorf("%w: bad %q marker %s", ErrMalformed, attemptKey, m[attemptKey])
+	}
+	return n, true, nil
 }
 
 // rawArgs renders args as a JSON array (element bytes as received).
@@ -87,23 +125,86 @@ func (j *Job) rawArgs() []byte {
 	return append(out, ']')
 }
 
-// withAttempt renders the job for its next attempt, in node-resque's key
-// order with the attempt count appended. Other extra fields are dropped.
+// ErrUnencodable marks a job that cannot be written back in the form
+// node-resque would print (a number beyond JavaScript's range, say): it
+// cannot be retried or postponed, only dead-lettered.
+var ErrUnencodable = errors.New("job cannot be re-encoded as node-resque would print it")
+
+// withAttempt renders the job for its next attempt exactly as node-resque's
+// encode(queue, class, args) would print it, with the attempt marker as the
+// last element of args when attempt > 0. So node-resque's scheduler, which
+// re-enqueues a delayed job from its parsed class, queue and args, writes
+// the same bytes back, marker included. Extra top-level fields are dropped.
 func (j *Job) withAttempt(attempt int) ([]byte, error) {
 	args, err := reencodeJS(j.rawArgs())
 	if err != nil {
-		return nil, fmt.Errorf("re-encoding args: %w", err)
+		return nil, fmt.Errorf("%w: re-encoding args: %v", ErrUnencodable, err)
 	}
-	out := make([]byte, 0, len(j.Raw)+16)
+	out := make([]byte, 0, len(args)+len(j.Class)+len(j.Queue)+64)
 	out = append(out, `{"class":`...)
 	out = appendJSString(out, j.Class)
 	out = append(out, `,"queue":`...)
 	out = appendJSString(out, j.Queue)
 	out = append(out, `,"args":`...)
-	out = append(out, args...)
-	out = append(out, `,"attempt":`...)
-	out = strconv.AppendInt(out, int64(attempt), 10)
+	if attempt > 0 {
+		// args is "[...]" in JS form: insert the marker before its "]".
+		out = append(out, args[:len(args)-1]...)
+		if len(args) > 2 {
+			out = append(out, ',')
+		}
+		out = append(out, attemptPrefix...)
+		out = strconv.AppendInt(out, int64(attempt), 10)
+		out = append(out, "}]"...)
+	} else {
+		out = append(out, args...)
+	}
 	return append(out, '}'), nil
+}
+
+// Limits are what a job may be at the door: checked right after the take,
+// before anything decodes or re-encodes it.
+type Limits struct {
+	// MaxJobBytes bounds a job's length.
+	MaxJobBytes int
+	// MaxJobDepth bounds how deep arrays and objects nest, the envelope
+	// included ({"args":[{}]} is 3 deep).
+	MaxJobDepth int
+}
+
+// DefaultLimits are 1 MiB and 64 levels: a Screwdriver start or stop job is
+// a few hundred bytes and 3 deep; an inline buildConfig a few KiB.
+var DefaultLimits = Limits{MaxJobBytes: 1 << 20, MaxJobDepth: 64}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxJobBytes <= 0 {
+		l.MaxJobBytes = DefaultLimits.MaxJobBytes
+	}
+	if l.MaxJobDepth <= 0 {
+		l.MaxJobDepth = DefaultLimits.MaxJobDepth
+	}
+	return l
+}
+
+// Rejection names why a job failed the limits: the failed entry's
+// exception, a metric label, and the reason written in place of the payload.
+type Rejection struct {
+	Exception string // JobTooLarge, JobTooDeep
+	Label     string // too_large, too_deep
+	Reason    string
+}
+
+// check returns nil if raw is within the limits. It costs one length check
+// and one allocation-free byte scan.
+func (l Limits) check(raw []byte) *Rejection {
+	if len(raw) > l.MaxJobBytes {
+		return &Rejection{Exception: "JobTooLarge", Label: "too_large",
+			Reason: fmt.Sprintf("job of %d bytes exceeds the limit of %d bytes (queue.maxJobBytes); payload omitted from this entry", len(raw), l.MaxJobBytes)}
+	}
+	if nestingExceeds(raw, l.MaxJobDepth) {
+		return &Rejection{Exception: "JobTooDeep", Label: "too_deep",
+			Reason: fmt.Sprintf("job of %d bytes nests arrays/objects deeper than %d levels (queue.maxJobDepth); payload omitted from this entry", len(raw), l.MaxJobDepth)}
+	}
+	return nil
 }
 
 // Payload returns args[0], where node-resque puts the job's object.

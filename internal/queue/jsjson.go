@@ -3,8 +3,11 @@ package queue
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +19,15 @@ import (
 // entries must be byte-identical to what JSON.stringify would print: key order
 // preserved, no HTML escaping, U+2028/U+2029 literal, no trailing newline.
 // encoding/json cannot do the last three together, hence this small encoder.
+//
+// Everything here is iterative: a job is untrusted input, and a recursive
+// walk of a deeply nested document overflows the goroutine stack, which is a
+// fatal error recover() cannot catch.
+
+// maxEncodeDepth bounds the nesting reencodeJS accepts, as encoding/json's
+// own decoder does (so whatever we print, Go can read back). Jobs are held to
+// the much lower Limits.MaxJobDepth before anything decodes them.
+const maxEncodeDepth = 10000
 
 // appendJSString appends s as JSON.stringify would print it.
 func appendJSString(dst []byte, s string) []byte {
@@ -60,11 +72,21 @@ func appendJSString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
+// errNumberRange marks a number JavaScript reads as ±Infinity (1e999), which
+// JSON.stringify would print as null: the job cannot travel unchanged.
+var errNumberRange = errors.New("number out of JavaScript's range")
+
 // appendJSNumber prints a JSON number as JavaScript's Number#toString would.
 func appendJSNumber(dst []byte, n json.Number) ([]byte, error) {
 	f, err := strconv.ParseFloat(string(n), 64)
-	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-		return nil, fmt.Errorf("number %q out of range", n)
+	if err != nil && !(errors.Is(err, strconv.ErrRange) && f == 0) { // underflow reads as 0 in JS too
+		if errors.Is(err, strconv.ErrRange) {
+			return nil, fmt.Errorf("%w: %.40q", errNumberRange, string(n))
+		}
+		return nil, fmt.Errorf("number %.40q: %w", string(n), err)
+	}
+	if math.IsInf(f, 0) || math.IsNaN(f) {
+		return nil, fmt.Errorf("%w: %.40q", errNumberRange, string(n))
 	}
 	if f == 0 {
 		return append(dst, '0'), nil // JS prints -0 as 0
@@ -81,76 +103,225 @@ func appendJSNumber(dst []byte, n json.Number) ([]byte, error) {
 
 // reencodeJS re-serialises a JSON document the way JSON.stringify(JSON.parse(x))
 // would, keeping key order. (JavaScript also hoists integer-like object keys
-// to the front; such keys do not occur in resque payloads.)
+// to the front; such keys do not occur in resque payloads.) A number beyond
+// JavaScript's range is an error (errNumberRange), not silently null.
 func reencodeJS(raw []byte) ([]byte, error) {
+	out, _, err := reencode(raw, encodeMode{})
+	return out, err
+}
+
+// encodeMode tunes reencode for failed-list entries.
+type encodeMode struct {
+	// redact replaces the value of every secret key (see secretKey) with
+	// redactedValue, also inside string values that hold a JSON object (a
+	// sendWebhook job's args[0] is such a string).
+	redact bool
+	// lossy prints numbers beyond JavaScript's range as null, exactly what
+	// JSON.stringify(JSON.parse(x)) does, instead of failing.
+	lossy bool
+	// nested marks the walk of a JSON document found inside a string, so
+	// strings within it are not searched again.
+	nested bool
+}
+
+// redactedValue replaces secrets in failed-list entries.
+const redactedValue = "[redacted]"
+
+// secretKey says whether an object key names a credential: "token" and any
+// key ending in it ("accessToken", "refresh_token"), case-insensitively.
+func secretKey(k string) bool {
+	return len(k) >= 5 && strings.EqualFold(k[len(k)-5:], "token")
+}
+
+// frame is one open array or object of the walk.
+type frame struct {
+	object  bool
+	n       int  // elements (or members) written so far
+	wantKey bool // an object expecting its next key
+}
+
+// reencode is reencodeJS with a mode; it also returns how many values it
+// redacted. It walks the document with an explicit stack, never recursing
+// (a string holding JSON is walked with nested set, one level only).
+func reencode(raw []byte, mode encodeMode) ([]byte, int, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	out := make([]byte, 0, len(raw))
-	var err error
-	out, err = reencodeValue(dec, out)
-	if err != nil {
-		return nil, err
+	var stack []frame
+	redacted := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, 0, err
+		}
+		if d, ok := tok.(json.Delim); ok && (d == ']' || d == '}') {
+			stack = stack[:len(stack)-1] // the decoder checked the pairing
+			out = append(out, byte(d))
+			if len(stack) == 0 {
+				break
+			}
+			continue
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = &stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.wantKey {
+			key, ok := tok.(string)
+			if !ok {
+				return nil, 0, fmt.Errorf("object key is %T", tok)
+			}
+			if top.n > 0 {
+				out = append(out, ',')
+			}
+			top.n++
+			top.wantKey = false
+			out = appendJSString(out, key)
+			out = append(out, ':')
+			if mode.redact && secretKey(key) {
+				if err := skipValue(dec); err != nil {
+					return nil, 0, err
+				}
+				out = appendJSString(out, redactedValue)
+				redacted++
+				top.wantKey = true
+			}
+			continue
+		}
+		if top != nil {
+			if top.object {
+				top.wantKey = true
+			} else {
+				if top.n > 0 {
+					out = append(out, ',')
+				}
+				top.n++
+			}
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			if len(stack) >= maxEncodeDepth {
+				return nil, 0, fmt.Errorf("nesting deeper than %d", maxEncodeDepth)
+			}
+			stack = append(stack, frame{object: t == '{', wantKey: t == '{'})
+			out = append(out, byte(t))
+			continue
+		case string:
+			if s, n := redactInString(t, mode); n > 0 {
+				out = appendJSString(out, s)
+				redacted += n
+			} else {
+				out = appendJSString(out, t)
+			}
+		case json.Number:
+			var nerr error
+			if out, nerr = appendJSNumber(out, t); nerr != nil {
+				if !mode.lossy || !errors.Is(nerr, errNumberRange) {
+					return nil, 0, nerr
+				}
+				out = append(out, "null"...)
+			}
+		case bool:
+			out = strconv.AppendBool(out, t)
+		case nil:
+			out = append(out, "null"...)
+		default:
+			return nil, 0, fmt.Errorf("unexpected token %T", tok)
+		}
+		if len(stack) == 0 {
+			break // a scalar document
+		}
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("trailing data after JSON value")
+	// One document only: anything but the end of input after it is an error.
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, 0, errors.New("trailing data after JSON value")
 	}
-	return out, nil
+	return out, redacted, nil
 }
 
-func reencodeValue(dec *json.Decoder, out []byte) ([]byte, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
+// redactInString redacts the secrets of a string value that holds a JSON
+// object (once, not within strings of that object).
+func redactInString(s string, mode encodeMode) (string, int) {
+	if !mode.redact || mode.nested || len(s) < 2 || s[0] != '{' || !strings.Contains(strings.ToLower(s), "token") {
+		return s, 0
 	}
-	switch t := tok.(type) {
-	case json.Delim:
-		switch t {
-		case '{':
-			out = append(out, '{')
-			for first := true; dec.More(); first = false {
-				if !first {
-					out = append(out, ',')
-				}
-				key, err := dec.Token()
-				if err != nil {
-					return nil, err
-				}
-				out = appendJSString(out, key.(string))
-				out = append(out, ':')
-				if out, err = reencodeValue(dec, out); err != nil {
-					return nil, err
-				}
-			}
-			if _, err := dec.Token(); err != nil {
-				return nil, err
-			}
-			return append(out, '}'), nil
-		case '[':
-			out = append(out, '[')
-			for first := true; dec.More(); first = false {
-				if !first {
-					out = append(out, ',')
-				}
-				if out, err = reencodeValue(dec, out); err != nil {
-					return nil, err
-				}
-			}
-			if _, err := dec.Token(); err != nil {
-				return nil, err
-			}
-			return append(out, ']'), nil
+	inner, n, err := reencode([]byte(s), encodeMode{redact: true, lossy: mode.lossy, nested: true})
+	if err != nil || n == 0 {
+		return s, 0
+	}
+	return string(inner), n
+}
+
+// skipValue consumes one value from dec, iteratively.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
 		}
-		return nil, fmt.Errorf("unexpected delimiter %v", t)
-	case string:
-		return appendJSString(out, t), nil
-	case json.Number:
-		return appendJSNumber(out, t)
-	case bool:
-		return strconv.AppendBool(out, t), nil
-	case nil:
-		return append(out, "null"...), nil
+		if d, ok := tok.(json.Delim); ok {
+			if d == '[' || d == '{' {
+				depth++
+			} else {
+				depth--
+			}
+		}
+		if depth == 0 {
+			return nil
+		}
 	}
-	return nil, fmt.Errorf("unexpected token %T", tok)
+}
+
+// nestingExceeds reports whether raw nests arrays and objects more than max
+// deep (the job envelope counts: {"args":[{}]} is 3 deep). It is a byte scan
+// that allocates nothing and never recurses: brackets inside strings do not
+// count, and an escaped quote does not end a string. It says nothing about
+// validity; the parse after it does.
+func nestingExceeds(raw []byte, max int) bool {
+	depth := 0
+	for i := 0; i < len(raw); i++ {
+		switch raw[i] {
+		case '"':
+			// Skip the string: find its closing quote, stepping over escapes
+			// (the byte after a backslash is never the end; \uXXXX's hex
+			// digits cannot be a quote or a bracket).
+			for i++; i < len(raw); i++ {
+				j := bytes.IndexAny(raw[i:], `"\`)
+				if j < 0 {
+					return false // unterminated: the parse rejects it
+				}
+				i += j
+				if raw[i] == '"' {
+					break
+				}
+				i++ // the escaped byte
+			}
+		case '[', '{':
+			if depth++; depth > max {
+				return true
+			}
+		case ']', '}':
+			depth--
+		}
+	}
+	return false
+}
+
+// secretPattern finds "<...token>":"<value>" in text that is not JSON this
+// package can walk (a job that failed to parse, or one omitted for its size),
+// also in its escaped form inside a JSON string (\"token\":\"...\").
+var secretPattern = regexp.MustCompile(`(?i)((?:\\?")[^"\\]{0,64}token(?:\\?")\s*:\s*)(\\?")(?:[^"\\]|\\[^"]|\\")*?(\\?")`)
+
+// redactText is the best-effort redaction of text that is not walkable JSON.
+func redactText(s string) string {
+	if !strings.Contains(strings.ToLower(s), "token") {
+		return s
+	}
+	return secretPattern.ReplaceAllString(s, `$1$2`+redactedValue+`$3`)
 }
 
 // jsDate formats t as JavaScript's Date#toString does in UTC, the format of
@@ -161,18 +332,29 @@ func jsDate(t time.Time) string {
 
 // Failure is one entry of the resque failed list.
 type Failure struct {
-	Worker    string
-	Queue     string
-	Payload   []byte // the job as taken from the queue
-	Exception string // error class, e.g. "Error"
-	Error     string
-	Backtrace []string
-	FailedAt  time.Time
+	Worker  string
+	Queue   string
+	Payload []byte // the job as taken from the queue
+	// PayloadOmitted, when set, says why Payload is not to be written (a job
+	// over the size or nesting limits): the entry carries a stub payload
+	// instead (see omittedPayload), never a re-encoding of the job.
+	PayloadOmitted string
+	Exception      string // error class, e.g. "Error"
+	Error          string
+	Backtrace      []string
+	FailedAt       time.Time
 }
 
 // Encode renders the entry in node-resque's exact form: keys in the order
-// worker, queue, payload, exception, error, backtrace, failed_at. A payload
-// that is not JSON at all is kept as a JSON string, so nothing is lost.
+// worker, queue, payload, exception, error, backtrace, failed_at.
+//
+// The payload is re-encoded as JSON.stringify would print it, with secrets
+// redacted (the failed list is kept forever and read by people and tools):
+// every "token" value in it becomes "[redacted]". A number beyond
+// JavaScript's range prints as null, as node-resque would print it. A payload
+// that is not JSON at all is kept as a JSON string (redacted best-effort), so
+// nothing else is lost. backtrace is always an array: node-resque's
+// retryStuckJobs() reads backtrace[1] of every entry and throws on null.
 func (f Failure) Encode() []byte {
 	out := make([]byte, 0, 256+len(f.Payload))
 	out = append(out, `{"worker":`...)
@@ -180,29 +362,40 @@ func (f Failure) Encode() []byte {
 	out = append(out, `,"queue":`...)
 	out = appendJSString(out, f.Queue)
 	out = append(out, `,"payload":`...)
-	if p, err := reencodeJS(f.Payload); err == nil {
-		out = append(out, p...)
-	} else {
-		out = appendJSString(out, string(f.Payload))
+	switch {
+	case f.PayloadOmitted != "":
+		out = append(out, omittedPayload(f.Queue, f.PayloadOmitted)...)
+	default:
+		if p, _, err := reencode(f.Payload, encodeMode{redact: true, lossy: true}); err == nil {
+			out = append(out, p...)
+		} else {
+			out = appendJSString(out, redactText(string(f.Payload)))
+		}
 	}
 	out = append(out, `,"exception":`...)
 	out = appendJSString(out, f.Exception)
 	out = append(out, `,"error":`...)
 	out = appendJSString(out, f.Error)
-	out = append(out, `,"backtrace":`...)
-	if f.Backtrace == nil {
-		out = append(out, "null"...)
-	} else {
-		out = append(out, '[')
-		for i, line := range f.Backtrace {
-			if i > 0 {
-				out = append(out, ',')
-			}
-			out = appendJSString(out, line)
+	out = append(out, `,"backtrace":[`...)
+	for i, line := range f.Backtrace {
+		if i > 0 {
+			out = append(out, ',')
 		}
-		out = append(out, ']')
+		out = appendJSString(out, line)
 	}
-	out = append(out, `,"failed_at":`...)
+	out = append(out, `],"failed_at":`...)
 	out = appendJSString(out, jsDate(f.FailedAt))
+	return append(out, '}')
+}
+
+// omittedPayload is the payload of an entry whose job is not written: a job
+// object node-resque can list and retry (retryAndRemoveFailed enqueues
+// class "omitted" with no args, which our consumer fails as unknown), saying
+// why in its own "omitted" field.
+func omittedPayload(queue, why string) []byte {
+	out := []byte(`{"class":"omitted","queue":`)
+	out = appendJSString(out, queue)
+	out = append(out, `,"args":[],"omitted":`...)
+	out = appendJSString(out, why)
 	return append(out, '}')
 }

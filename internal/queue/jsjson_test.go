@@ -51,7 +51,7 @@ func TestFailure_EncodeReserialisesLikeJavaScript(t *testing.T) {
 
 func TestFailure_NonJSONPayloadKeptAsString(t *testing.T) {
 	f := Failure{Worker: "w:1", Queue: "builds", Payload: []byte("not json {"), Exception: "MalformedJob", Error: "bad", FailedAt: time.Unix(0, 0)}
-	want := `{"worker":"w:1","queue":"builds","payload":"not json {","exception":"MalformedJob","error":"bad","backtrace":null,"failed_at":"Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)"}`
+	want := `{"worker":"w:1","queue":"builds","payload":"not json {","exception":"MalformedJob","error":"bad","backtrace":[],"failed_at":"Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)"}`
 	if got := string(f.Encode()); got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
 	}

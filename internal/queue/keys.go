@@ -1,6 +1,10 @@
 package queue
 
-import "strconv"
+import (
+	"crypto/sha1"
+	"encoding/hex"
+	"strconv"
+)
 
 // Keys builds resque key names under one namespace ("resque", or
 // "resque:{screwdriver-resque}" on Redis Cluster, whose hash tag keeps every
@@ -73,8 +77,22 @@ func (k Keys) Leases() string { return k.ns + ":qw:leases" }
 // a dead slot's job goes back to.
 func (k Keys) Slots() string { return k.ns + ":qw:slots" }
 
+// Poison is the list of jobs the recoverer found in dead slots more often
+// than allowed, on their way to the failed list.
+func (k Keys) Poison() string { return k.ns + ":qw:poison" }
+
+// RecoveriesPrefix prefixes the per-job counters of returns from dead slots
+// (the suffix is the SHA-1 of the job's bytes).
+func (k Keys) RecoveriesPrefix() string { return k.ns + ":qw:recovered:" }
+
 // Stopped marks a build that was stopped, so a start taken later (or raced)
 // never leaves a pod behind.
 func (k Keys) Stopped(buildID int64) string {
 	return k.ns + ":qw:stopped:" + strconv.FormatInt(buildID, 10)
+}
+
+// sha1Hex is the hex SHA-1 of s, as Lua's redis.sha1hex computes it.
+func sha1Hex(s string) string {
+	sum := sha1.Sum([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

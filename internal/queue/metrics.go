@@ -20,6 +20,19 @@ type Metrics struct {
 	DelayedMoved prometheus.Counter
 	LeasesLost   prometheus.Counter
 	LostSettles  *prometheus.CounterVec
+	// Rejected counts jobs dead-lettered without being handled, by reason:
+	// too_large, too_deep (the limits at the door), unencodable (a retry or
+	// postpone that cannot be written back), panic (deliver itself panicked).
+	Rejected *prometheus.CounterVec
+	// Poisoned counts jobs the recoverer dead-lettered as PoisonJob.
+	Poisoned prometheus.Counter
+	// StaleReturned counts in-flight entries a live slot found besides its
+	// own job (a settle undone by a failover) and returned to the queue.
+	StaleReturned prometheus.Counter
+	// Fenced counts jobs abandoned because the slot's lease could not be
+	// confirmed in time; Panics counts recovered panics by stage.
+	Fenced       prometheus.Counter
+	Panics       *prometheus.CounterVec
 	InFlight     prometheus.Gauge
 	RedisErrors  *prometheus.CounterVec
 	TakeToSettle prometheus.Histogram
@@ -47,6 +60,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LeasesLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "leases_lost_total",
 			Help: "Slots that found their lease recovered by another replica (missed heartbeats)."}),
 		LostSettles: counter("lost_settles_total", "Settles that found the job no longer in flight (recovered elsewhere).", "op"),
+		Rejected:    counter("rejected_total", "Jobs written to the failed list without being handled, by reason (too_large, too_deep, unencodable, panic).", "reason"),
+		Poisoned: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "poison_jobs_total",
+			Help: "Jobs found in dead worker slots more than queue.maxRecoveries times, written to the failed list as PoisonJob."}),
+		StaleReturned: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "stale_in_flight_returned_total",
+			Help: "Entries a live slot found in its in-flight list besides its own job (a settle undone by a failover), returned to the queue."}),
+		Fenced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "fenced_jobs_total",
+			Help: "Jobs abandoned (context cancelled, not settled) because the slot's lease could not be confirmed before it ran out."}),
+		Panics: counter("panics_total", "Panics recovered while delivering a job, by stage (handler, deliver).", "stage"),
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "queue_worker", Subsystem: "queue", Name: "in_flight",
 			Help: "Jobs taken by this process and not yet settled."}),
 		RedisErrors: counter("redis_errors_total", "Redis calls that failed, by operation.", "op"),
@@ -67,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Taken, m.Acked, m.Retried, m.Postponed, m.DeadLettered, m.Recovered, m.DelayedMoved,
-			m.LeasesLost, m.LostSettles, m.InFlight, m.RedisErrors, m.TakeToSettle, m.Jobs, m.Duration)
+			m.LeasesLost, m.LostSettles, m.Rejected, m.Poisoned, m.StaleReturned, m.Fenced, m.Panics, m.InFlight, m.RedisErrors, m.TakeToSettle, m.Jobs, m.Duration)
 	}
 	return m
 }

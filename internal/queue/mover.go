@@ -21,7 +21,6 @@ type Mover struct {
 	timeout  time.Duration
 	log      *zap.Logger
 	metrics  *Metrics
-	now      func() time.Time
 }
 
 // NewMover returns a mover; fallback is the queue for a delayed job that
@@ -30,7 +29,7 @@ func NewMover(rdb redis.UniversalClient, keys Keys, fallback string, timeout tim
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	return &Mover{rdb: rdb, keys: keys, fallback: fallback, timeout: timeout, log: log, metrics: metrics, now: time.Now}
+	return &Mover{rdb: rdb, keys: keys, fallback: fallback, timeout: timeout, log: log, metrics: metrics}
 }
 
 // moveBatch bounds one script run, so a huge timestamp cannot stall Redis.
@@ -48,11 +47,10 @@ func (m *Mover) Run(ctx context.Context, interval time.Duration) {
 func (m *Mover) MoveDue(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.timeout)
 	defer cancel()
-	// node-resque compares against round(now) in seconds.
-	now := (m.now().UnixMilli() + 500) / 1000
-	due, err := m.rdb.ZRangeByScore(ctx, m.keys.DelayedSchedule(), &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(now, 10), Count: 100,
-	}).Result()
+	// Due by Redis's clock (TIME, rounded to the second as node-resque
+	// rounds its own), as the delayed timestamps are written: replicas with
+	// skewed clocks agree on what is due.
+	due, err := dueScript.Run(ctx, m.rdb, []string{m.keys.DelayedSchedule()}, 100).StringSlice()
 	if err != nil {
 		return 0, err
 	}

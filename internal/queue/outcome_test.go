@@ -63,7 +63,7 @@ func TestNewJob_EncodesInNodeResqueForm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"class":"report","queue":"builds","args":[{"buildId":4},{"message":"a/b <c>"}],"attempt":0}`
+	want := `{"class":"report","queue":"builds","args":[{"buildId":4},{"message":"a/b <c>"}]}`
 	if string(raw) != want {
 		t.Fatalf("encoded %s\nwant    %s", raw, want)
 	}

@@ -2,6 +2,9 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -9,27 +12,60 @@ import (
 	"go.uber.org/zap"
 )
 
+// defaultMaxRecoveries is how many returns from dead slots a job gets before
+// it is dead-lettered as a suspected poison job.
+const defaultMaxRecoveries = 3
+
+// recoveryCountTTL is how long a job's count of returns from dead slots
+// lives after its last return: deaths further apart than that are not
+// counted together.
+const recoveryCountTTL = 24 * time.Hour
+
+// poisonBatch bounds the poison entries one pass writes to the failed list.
+const poisonBatch = 100
+
 // Recoverer returns the jobs of dead slots to the head of their queues: slots
 // whose lease expired, slots registered without a lease, and in-flight lists
 // no slot registration knows about. Every replica runs one; the recovery of a
 // slot is one script that re-checks the lease, so two recoverers (or a slot
 // that revives) never move a job twice.
+//
+// A job that keeps killing the process handling it would otherwise go round
+// every replica for ever: each return is counted in Redis, per job, and a job
+// found in a dead slot more than MaxRecoveries times is written to the failed
+// list as a PoisonJob instead.
 type Recoverer struct {
-	rdb      redis.UniversalClient
-	keys     Keys
-	fallback string
-	timeout  time.Duration
-	log      *zap.Logger
-	metrics  *Metrics
+	rdb     redis.UniversalClient
+	keys    Keys
+	opts    RecovererOptions
+	log     *zap.Logger
+	metrics *Metrics
 }
 
-// NewRecoverer returns a recoverer; fallback is the queue for an orphaned
-// job that names none. metrics may be nil.
-func NewRecoverer(rdb redis.UniversalClient, keys Keys, fallback string, timeout time.Duration, log *zap.Logger, metrics *Metrics) *Recoverer {
-	if metrics == nil {
-		metrics = NewMetrics(nil)
+// RecovererOptions configure a Recoverer.
+type RecovererOptions struct {
+	// Fallback is the queue for an orphaned job that names none.
+	Fallback string
+	// OperationTimeout bounds one pass.
+	OperationTimeout time.Duration
+	// MaxRecoveries is how many times a job may be returned from dead slots
+	// (default 3).
+	MaxRecoveries int
+	// Limits are applied to poison jobs before their failed entry is
+	// written (a job beyond them is written with its payload omitted).
+	Limits Limits
+}
+
+// NewRecoverer returns a recoverer (deps.Metrics may be nil).
+func NewRecoverer(deps Deps, opts RecovererOptions) *Recoverer {
+	if deps.Metrics == nil {
+		deps.Metrics = NewMetrics(nil)
 	}
-	return &Recoverer{rdb: rdb, keys: keys, fallback: fallback, timeout: timeout, log: log, metrics: metrics}
+	if opts.MaxRecoveries <= 0 {
+		opts.MaxRecoveries = defaultMaxRecoveries
+	}
+	opts.Limits = opts.Limits.withDefaults()
+	return &Recoverer{rdb: deps.Redis, keys: deps.Keys, opts: opts, log: deps.Log, metrics: deps.Metrics}
 }
 
 // Run recovers every interval until ctx is done.
@@ -40,9 +76,10 @@ func (r *Recoverer) Run(ctx context.Context, interval time.Duration) {
 	})
 }
 
-// RecoverOnce makes one pass and returns the number of jobs returned.
+// RecoverOnce makes one pass and returns the number of jobs returned to
+// their queues (poison jobs are not counted).
 func (r *Recoverer) RecoverOnce(ctx context.Context) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	ctx, cancel := context.WithTimeout(ctx, r.opts.OperationTimeout)
 	defer cancel()
 	slots, err := r.rdb.HGetAll(ctx, r.keys.Slots()).Result()
 	if err != nil {
@@ -68,11 +105,15 @@ func (r *Recoverer) RecoverOnce(ctx context.Context) (int, error) {
 	}
 	total := 0
 	recoverSlot := func(name, queue string) error {
-		n, err := r.recover(ctx, name, queue)
+		n, poisoned, err := r.recover(ctx, name, queue)
 		if n > 0 {
 			total += n
 			r.metrics.Recovered.Add(float64(n))
 			r.log.Warn("returned the job of a dead worker slot to its queue", zap.String("slot", name), zap.String("queue", queue), zap.Int("jobs", n))
+		}
+		if poisoned > 0 {
+			r.log.Error("a job found in a dead worker slot once too often goes to the failed list (suspected poison job)",
+				zap.String("slot", name), zap.String("queue", queue), zap.Int("jobs", poisoned), zap.Int("max_recoveries", r.opts.MaxRecoveries))
 		}
 		return err
 	}
@@ -93,6 +134,10 @@ func (r *Recoverer) RecoverOnce(ctx context.Context) (int, error) {
 			return total, err
 		}
 	}
+	// Poison jobs of this pass, and of any earlier pass cut short.
+	if _, err := r.failPoison(ctx); err != nil {
+		return total, fmt.Errorf("writing poison jobs to the failed list: %w", err)
+	}
 	return total, nil
 }
 
@@ -105,25 +150,80 @@ func (r *Recoverer) orphanQueue(ctx context.Context, slot string) (string, error
 	if err != nil {
 		return "", err
 	}
-	if j, err := ParseJob([]byte(raw), ""); err == nil && j.Queue != "" {
-		return j.Queue, nil
+	if r.opts.Limits.check([]byte(raw)) == nil {
+		if j, err := ParseJob([]byte(raw), ""); err == nil && j.Queue != "" {
+			return j.Queue, nil
+		}
 	}
 	// An unparseable job names no queue: it goes back to the fallback queue,
 	// where the next take dead-letters it with the reason.
-	return r.fallback, nil
+	return r.opts.Fallback, nil
 }
 
-func (r *Recoverer) recover(ctx context.Context, slot, queue string) (int, error) {
+func (r *Recoverer) recover(ctx context.Context, slot, queue string) (returned, poisoned int, err error) {
 	keys := []string{
 		r.keys.Leases(), r.keys.Slots(), r.keys.InFlight(slot), r.keys.Queue(queue), r.keys.Workers(),
 		r.keys.Worker(slot, queue), r.keys.WorkerPing(slot), r.keys.WorkerStarted(slot, queue),
-		r.keys.WorkerStatProcessed(slot), r.keys.WorkerStatFailed(slot),
+		r.keys.WorkerStatProcessed(slot), r.keys.WorkerStatFailed(slot), r.keys.Poison(),
 	}
-	n, err := recoverScript.Run(ctx, r.rdb, keys, slot, slot+":"+queue).Int()
+	res, err := recoverScript.Run(ctx, r.rdb, keys, slot, slot+":"+queue, r.opts.MaxRecoveries,
+		r.keys.RecoveriesPrefix(), recoveryCountTTL.Milliseconds(), queue).Slice()
+	if err != nil {
+		return 0, 0, err
+	}
+	n, p, err := settleReply(res)
 	if err != nil || n < 0 {
-		return 0, err
+		return 0, 0, err
 	}
-	return n, nil
+	return n, p, nil
+}
+
+// failPoison writes the jobs of the poison list to the failed list, each in
+// one script that also removes it from the poison list, oldest first.
+func (r *Recoverer) failPoison(ctx context.Context) (int, error) {
+	done := 0
+	for done < poisonBatch {
+		entry, err := r.rdb.LIndex(ctx, r.keys.Poison(), -1).Result()
+		if errors.Is(err, redis.Nil) {
+			return done, nil
+		}
+		if err != nil {
+			return done, err
+		}
+		slot, queue, count, job := splitPoison(entry)
+		reason := fmt.Sprintf("suspected poison job: found in a dead worker slot %d times (queue.maxRecoveries is %d): "+
+			"each time, the worker holding it died or lost its lease; last in %s", count, r.opts.MaxRecoveries, slot)
+		f := Failure{Worker: slot, Queue: queue, Exception: "PoisonJob", Error: reason, FailedAt: time.Now()}
+		if rej := r.opts.Limits.check([]byte(job)); rej != nil {
+			f.PayloadOmitted = rej.Reason
+		} else {
+			f.Payload = []byte(job)
+		}
+		n, err := poisonFailScript.Run(ctx, r.rdb,
+			[]string{r.keys.Poison(), r.keys.Failed(), r.keys.StatFailed(), r.keys.RecoveriesPrefix() + sha1Hex(job)},
+			entry, f.Encode()).Int()
+		if err != nil {
+			return done, err
+		}
+		if n == 1 {
+			done++
+			r.metrics.Poisoned.Inc()
+			r.metrics.DeadLettered.WithLabelValues(queue).Inc()
+			r.log.Error("poison job written to the failed list", zap.String("exception", "PoisonJob"),
+				zap.String("slot", slot), zap.String("queue", queue), zap.Int("recoveries", count))
+		}
+	}
+	return done, nil
+}
+
+// splitPoison reads a poison-list entry: "<slot>\n<queue>\n<count>\n<job>".
+func splitPoison(entry string) (slot, queue string, count int, job string) {
+	parts := strings.SplitN(entry, "\n", 4)
+	for len(parts) < 4 {
+		parts = append(parts, "")
+	}
+	count, _ = strconv.Atoi(parts[2])
+	return parts[0], parts[1], count, parts[3]
 }
 
 // forEachMaster runs fn on every master of a cluster client, or on the one

@@ -283,7 +283,7 @@ func TestReliability_RecovererReturnsLeaselessAndOrphanedInFlightJobs(t *testing
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, err := queue.NewRecoverer(rdb, keys, "builds", 2*time.Second, zaptest.NewLogger(t), nil).RecoverOnce(ctx)
+			n, err := queue.NewRecoverer(queue.Deps{Redis: rdb, Keys: keys, Log: zaptest.NewLogger(t)}, queue.RecovererOptions{Fallback: "builds", OperationTimeout: 2 * time.Second}).RecoverOnce(ctx)
 			if err != nil {
 				t.Error(err)
 			}
