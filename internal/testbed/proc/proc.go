@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -221,4 +222,101 @@ func (r *Redis) Close() {
 	_ = r.Client.Close()
 	r.Kill()
 	_ = os.RemoveAll(r.dir)
+}
+
+// Proxy forwards TCP connections from a loopback port to a target, and can
+// cut the target off: Down closes the listener and every connection (new
+// ones are refused, as if the server were stopped), Up listens again on the
+// same port.
+type Proxy struct {
+	target string
+	port   int
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]bool
+	wg     sync.WaitGroup
+}
+
+// StartProxy forwards a free loopback port to target (host:port).
+func StartProxy(target string) (*Proxy, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{target: target, port: port, conns: map[net.Conn]bool{}}
+	return p, p.Up()
+}
+
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return "127.0.0.1:" + strconv.Itoa(p.port) }
+
+// Up listens (again) and forwards.
+func (p *Proxy) Up() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.Addr())
+	if err != nil {
+		return fmt.Errorf("proxy for %s: %w", p.target, err)
+	}
+	p.ln = ln
+	p.wg.Add(1)
+	go p.accept(ln)
+	return nil
+}
+
+// Down refuses new connections and resets the open ones.
+func (p *Proxy) Down() {
+	p.mu.Lock()
+	ln := p.ln
+	p.ln = nil
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	clear(p.conns)
+	p.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	p.wg.Wait()
+}
+
+func (p *Proxy) accept(ln net.Listener) {
+	defer p.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.ln != ln { // went down meanwhile
+			p.mu.Unlock()
+			_ = c.Close()
+			_ = up.Close()
+			return
+		}
+		p.conns[c], p.conns[up] = true, true
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(c, up)
+		go p.pipe(up, c)
+	}
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	_, _ = io.Copy(dst, src)
+	_ = dst.Close()
+	_ = src.Close()
+	p.mu.Lock()
+	delete(p.conns, dst)
+	delete(p.conns, src)
+	p.mu.Unlock()
 }
