@@ -604,7 +604,7 @@ func (c *Consumer) settle(ctx context.Context, d *delivery, o Outcome, class str
 			// again, ever, if left in flight): it goes to the failed list.
 			c.metrics.Rejected.WithLabelValues("unencodable").Inc()
 			st = settlement{op: opFail, label: OutcomeFailed, exception: "UnencodableJob",
-				reason: fmt.Errorf("cannot %s the job: %w (outcome: %v)", st.label, err, o)}
+				reason: fmt.Errorf("the job cannot go back through the delayed schedule (%s): %w", o, err)}
 		}
 	}
 	var err error

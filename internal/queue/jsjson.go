@@ -217,12 +217,14 @@ func reencode(raw []byte, mode encodeMode) ([]byte, int, error) {
 				out = appendJSString(out, t)
 			}
 		case json.Number:
-			var nerr error
-			if out, nerr = appendJSNumber(out, t); nerr != nil {
-				if !mode.lossy || !errors.Is(nerr, errNumberRange) {
-					return nil, 0, nerr
-				}
+			o, nerr := appendJSNumber(out, t)
+			switch {
+			case nerr == nil:
+				out = o
+			case mode.lossy && errors.Is(nerr, errNumberRange):
 				out = append(out, "null"...)
+			default:
+				return nil, 0, nerr
 			}
 		case bool:
 			out = strconv.AppendBool(out, t)
