@@ -46,3 +46,10 @@ bench-e2e:
 .PHONY: chaos
 chaos:
 	scripts/chaos.sh $(CHAOS_FLAGS)
+
+# Every fuzz target for FUZZTIME each (make test runs each for a few
+# seconds). Findings land in testdata/fuzz/ of their package.
+FUZZTIME ?= 5m
+.PHONY: fuzz
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
