@@ -57,7 +57,7 @@ func TestLoad_PodShapeKeysRefused(t *testing.T) {
 		{
 			name: "GraceAboveCap",
 			env:  map[string]string{"TERMINATION_GRACE_PERIOD_SECONDS": "300"},
-			want: []string{`key "executor.k8s.options.kubernetes.terminationGracePeriodSeconds" (from env TERMINATION_GRACE_PERIOD_SECONDS): 300 seconds is above maxTerminationGracePeriodSeconds (120)`},
+			want: []string{`key "executor.k8s.options.kubernetes.terminationGracePeriodSeconds" (from env TERMINATION_GRACE_PERIOD_SECONDS): 300 seconds is above executor.k8s.options.kubernetes.maxTerminationGracePeriodSeconds (120, from file`},
 		},
 		{
 			name: "RatioZeroAndAboveOne",

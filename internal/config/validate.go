@@ -107,6 +107,18 @@ func (v *validator) fail(key, format string, args ...any) {
 	v.errs.add(key, v.source(key), fmt.Errorf(format, args...))
 }
 
+// other names another key in a message about this one, with its value
+// and where that came from: an error caused by changing that key (say
+// K8S_MEMORY_MAX=1 making the tiers too big) then says so.
+func (v *validator) other(key, value string) string {
+	switch src := v.source(key); src {
+	case "", sourceUnset:
+		return fmt.Sprintf("%s (%s)", key, value)
+	default:
+		return fmt.Sprintf("%s (%s, from %s)", key, value, src)
+	}
+}
+
 func (v *validator) source(key string) string {
 	if v.c.sources == nil {
 		return ""
@@ -232,8 +244,8 @@ func (v *validator) kataPath() {
 	v.nonNegativeInt(kb+".terminationGracePeriodSeconds", k.TerminationGracePeriodSeconds)
 	v.nonNegativeInt(kb+".maxTerminationGracePeriodSeconds", k.MaxTerminationGracePeriodSeconds)
 	if k.TerminationGracePeriodSeconds > k.MaxTerminationGracePeriodSeconds && k.MaxTerminationGracePeriodSeconds >= 0 {
-		v.fail(kb+".terminationGracePeriodSeconds", "%d seconds is above maxTerminationGracePeriodSeconds (%d)",
-			k.TerminationGracePeriodSeconds, k.MaxTerminationGracePeriodSeconds)
+		v.fail(kb+".terminationGracePeriodSeconds", "%d seconds is above %s", k.TerminationGracePeriodSeconds,
+			v.other(kb+".maxTerminationGracePeriodSeconds", strconv.Itoa(k.MaxTerminationGracePeriodSeconds)))
 	}
 	v.ratio(kb+".resources.requests.cpuRatio", k.Resources.Requests.CPURatio)
 	v.ratio(kb+".resources.requests.memoryRatio", k.Resources.Requests.MemoryRatio)
@@ -307,7 +319,7 @@ func (v *validator) podCommon(kb string, p PodCommon) {
 	v.positiveInt(kb+".buildTimeout", p.BuildTimeout)
 	v.positiveInt(kb+".maxBuildTimeout", p.MaxBuildTimeout)
 	if p.BuildTimeout > 0 && p.MaxBuildTimeout > 0 && p.BuildTimeout > p.MaxBuildTimeout {
-		v.fail(kb+".buildTimeout", "%d minutes is above maxBuildTimeout (%d)", p.BuildTimeout, p.MaxBuildTimeout)
+		v.fail(kb+".buildTimeout", "%d minutes is above %s", p.BuildTimeout, v.other(kb+".maxBuildTimeout", strconv.Itoa(p.MaxBuildTimeout)))
 	}
 }
 
@@ -354,7 +366,7 @@ func (v *validator) tiers(key string, t Tiers) {
 		if !(tier.val > 0) || math.IsInf(tier.val, 0) {
 			v.fail(key+"."+tier.name, "must be a positive number, got %s", formatFloat(tier.val))
 		} else if tier.val > t.Max && t.Max > 0 {
-			v.fail(key+"."+tier.name, "%s is above max (%s)", formatFloat(tier.val), formatFloat(t.Max))
+			v.fail(key+"."+tier.name, "%s is above %s", formatFloat(tier.val), v.other(key+".max", formatFloat(t.Max)))
 		}
 	}
 }
@@ -395,7 +407,7 @@ func (v *validator) queue() {
 	case "redisCluster", "redisSentinel":
 		hosts := q.RedisClusterConnection.Hosts
 		if len(hosts) == 0 {
-			v.fail("queue.redisClusterConnection.hosts", "needs at least one host:port when queue.connectionType is %s", q.ConnectionType)
+			v.fail("queue.redisClusterConnection.hosts", "needs at least one host:port when %s", v.other("queue.connectionType", q.ConnectionType))
 		}
 		for i, h := range hosts {
 			if _, port, err := net.SplitHostPort(h); err != nil || port == "" {
@@ -406,12 +418,12 @@ func (v *validator) queue() {
 			v.nonEmpty("queue.redisClusterConnection.masterName", q.RedisClusterConnection.MasterName)
 		}
 		if q.ConnectionType == "redisCluster" && q.RedisConnection.Database != 0 {
-			v.fail("queue.redisConnection.database", "must be 0 with redisCluster (Redis Cluster has only database 0), got %d", q.RedisConnection.Database)
+			v.fail("queue.redisConnection.database", "must be 0 with %s (Redis Cluster has only database 0), got %d", v.other("queue.connectionType", q.ConnectionType), q.RedisConnection.Database)
 		}
 		if q.ConnectionType == "redisCluster" && q.Namespace != "" && !hasHashTag(q.Namespace) {
 			// Our scripts touch several keys of the namespace at once; on
 			// Cluster they must share a slot, which only a {hash tag} ensures.
-			v.fail("queue.namespace", "%q needs a {hash tag} on redisCluster (like resque:{screwdriver-resque}), or multi-key scripts fail with CROSSSLOT", q.Namespace)
+			v.fail("queue.namespace", "%q needs a {hash tag} with %s (like resque:{screwdriver-resque}), or multi-key scripts fail with CROSSSLOT", q.Namespace, v.other("queue.connectionType", q.ConnectionType))
 		}
 	default:
 		v.oneOf("queue.connectionType", q.ConnectionType, "redis", "redisCluster", "redisSentinel")
@@ -454,7 +466,7 @@ func (v *validator) queue() {
 		v.fail("queue.retry.factor", "must be a finite number ≥ 1, got %v", q.Retry.Factor)
 	}
 	if q.Retry.MaxDelay < q.Retry.Delay {
-		v.fail("queue.retry.maxDelay", "must be at least queue.retry.delay (%s), got %s", q.Retry.Delay, q.Retry.MaxDelay)
+		v.fail("queue.retry.maxDelay", "must be at least %s, got %s", v.other("queue.retry.delay", q.Retry.Delay.String()), q.Retry.MaxDelay)
 	}
 }
 
@@ -499,10 +511,10 @@ func (v *validator) supervisor() {
 	v.positiveDuration("supervisor.leaderElection.retryPeriod", le.RetryPeriod)
 	// client-go's own rules, checked here so the key is named at load.
 	if le.RenewDeadline > 0 && le.LeaseDuration <= le.RenewDeadline {
-		v.fail("supervisor.leaderElection.leaseDuration", "must be longer than renewDeadline (%s), got %s", le.RenewDeadline, le.LeaseDuration)
+		v.fail("supervisor.leaderElection.leaseDuration", "must be longer than %s, got %s", v.other("supervisor.leaderElection.renewDeadline", le.RenewDeadline.String()), le.LeaseDuration)
 	}
 	if le.RetryPeriod > 0 && float64(le.RenewDeadline) <= 1.2*float64(le.RetryPeriod) {
-		v.fail("supervisor.leaderElection.renewDeadline", "must be longer than 1.2 × retryPeriod (%s), got %s", le.RetryPeriod, le.RenewDeadline)
+		v.fail("supervisor.leaderElection.renewDeadline", "must be longer than 1.2 × %s, got %s", v.other("supervisor.leaderElection.retryPeriod", le.RetryPeriod.String()), le.RenewDeadline)
 	}
 }
 

@@ -100,7 +100,7 @@ func TestValidate_Rules(t *testing.T) {
 				c.Executor.K8s.Options.Kubernetes.Resources.Memory.Turbo = 32
 			},
 			wantKeys: []string{"executor.k8s.options.kubernetes.resources.cpu.micro", "executor.k8s.options.kubernetes.resources.memory.turbo"},
-			wantMsg:  "32 is above max (16)",
+			wantMsg:  "32 is above executor.k8s.options.kubernetes.resources.memory.max (16",
 		},
 		{
 			name: "BuildTimeoutsOnBothPaths",
@@ -109,7 +109,7 @@ func TestValidate_Rules(t *testing.T) {
 				c.Executor.K8sVM.Options.Kubernetes.BuildTimeout = 200
 			},
 			wantKeys: []string{"executor.k8s.options.kubernetes.buildTimeout", "executor.k8s-vm.options.kubernetes.buildTimeout"},
-			wantMsg:  "200 minutes is above maxBuildTimeout (120)",
+			wantMsg:  "200 minutes is above executor.k8s-vm.options.kubernetes.maxBuildTimeout (120",
 		},
 		{
 			name: "PodShapeChecks",
