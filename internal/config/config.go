@@ -276,13 +276,22 @@ type RedisOptions struct {
 	TLS      bool   `yaml:"tls" mapstructure:"tls"`
 }
 
-// RedisClusterConnection is queue.redisClusterConnection.
+// RedisClusterConnection is queue.redisClusterConnection: the cluster's
+// seed nodes (redisCluster) or the sentinels (redisSentinel). The data
+// nodes' password and TLS stay at queue.redisConnection.options in every
+// topology.
 type RedisClusterConnection struct {
 	Hosts []string `yaml:"hosts" mapstructure:"hosts"`
-	// SlotsRefreshTimeout is milliseconds, as in queue-service.
+	// SlotsRefreshTimeout is milliseconds, as in queue-service (ioredis):
+	// how long one node may take to answer a refresh of the slot table
+	// before the next node is asked. 0 leaves it to queue.operationTimeout.
 	SlotsRefreshTimeout int `yaml:"slotsRefreshTimeout" mapstructure:"slotsRefreshTimeout"`
 	// MasterName selects Sentinel mode when ConnectionType is redisSentinel.
 	MasterName string `yaml:"masterName" mapstructure:"masterName"`
+	// SentinelPassword is the sentinels' own requirepass, which is not the
+	// data nodes' password (queue.redisConnection.options.password).
+	// Screwdriver has no Sentinel keys; the env name follows its REDIS_*.
+	SentinelPassword string `yaml:"sentinelPassword" mapstructure:"sentinelPassword"`
 }
 
 // Worker holds the consumer's own settings.

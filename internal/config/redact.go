@@ -17,8 +17,9 @@ const Redacted = "<redacted>"
 // RedactedYAML renders the effective configuration as YAML with the yaml
 // tags, in struct order, map keys in their original case, durations as
 // strings ("2s"), unset optional numbers omitted, and the Kubernetes token
-// and Redis password replaced by Redacted when set. With nothing redacted
-// the output loads back (as an overlay) to the same Config.
+// and the Redis passwords (data nodes, sentinels) replaced by Redacted when
+// set. With nothing redacted the output loads back (as an overlay) to the
+// same Config.
 func (c *Config) RedactedYAML() ([]byte, error) {
 	cp := *c // the secrets are plain strings in value structs, so a shallow copy suffices
 	redact := func(s *string) {
@@ -28,6 +29,7 @@ func (c *Config) RedactedYAML() ([]byte, error) {
 	}
 	redact(&cp.Executor.K8s.Options.Kubernetes.Token)
 	redact(&cp.Queue.RedisConnection.Options.Password)
+	redact(&cp.Queue.RedisClusterConnection.SentinelPassword)
 
 	doc, err := yamlNode(reflect.ValueOf(cp))
 	if err != nil {
