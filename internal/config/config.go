@@ -251,6 +251,16 @@ type Queue struct {
 	// SchedulerInterval is how often due delayed jobs are moved to their queue.
 	SchedulerInterval time.Duration `yaml:"schedulerInterval" mapstructure:"schedulerInterval"`
 	Retry             QueueRetry    `yaml:"retry" mapstructure:"retry"`
+	// MaxJobBytes and MaxJobDepth are the limits a job is held to before it
+	// is parsed; beyond them it goes to the failed list unparsed.
+	MaxJobBytes int `yaml:"maxJobBytes" mapstructure:"maxJobBytes"`
+	MaxJobDepth int `yaml:"maxJobDepth" mapstructure:"maxJobDepth"`
+	// MaxRecoveries is how many times a job may be returned from dead
+	// replicas' slots before it is dead-lettered as a suspected poison job.
+	MaxRecoveries int `yaml:"maxRecoveries" mapstructure:"maxRecoveries"`
+	// FenceMargin is how long before its lease runs out a replica that
+	// cannot confirm it stops acting on its jobs (0: a sixth of the lease).
+	FenceMargin time.Duration `yaml:"fenceMargin" mapstructure:"fenceMargin"`
 }
 
 // QueueRetry is the backoff of failed attempts (the reference reprocesses a

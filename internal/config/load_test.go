@@ -246,6 +246,20 @@ func TestLoad_EnvStringsConvertStrictly(t *testing.T) {
 			want: 1500 * time.Millisecond,
 		},
 		{
+			name: "QueueHardeningKeysFromEnv",
+			env: map[string]string{"QUEUE_MAX_JOB_BYTES": "65536", "QUEUE_MAX_JOB_DEPTH": "16",
+				"QUEUE_MAX_RECOVERIES": "5", "QUEUE_FENCE_MARGIN": "4s"},
+			got: func(c *Config) any {
+				return []any{c.Queue.MaxJobBytes, c.Queue.MaxJobDepth, c.Queue.MaxRecoveries, c.Queue.FenceMargin}
+			},
+			want: []any{65536, 16, 5, 4 * time.Second},
+		},
+		{
+			name:    "QueueMaxJobBytesRefusesUnits",
+			env:     map[string]string{"QUEUE_MAX_JOB_BYTES": "1MiB"},
+			wantErr: []string{`key "queue.maxJobBytes" (from env QUEUE_MAX_JOB_BYTES): cannot parse "1MiB" as an integer`},
+		},
+		{
 			name:    "DurationNeedsUnit",
 			env:     map[string]string{"WORKER_SHUTDOWN_GRACE_PERIOD": "30"},
 			wantErr: []string{`key "worker.shutdownGracePeriod" (from env WORKER_SHUTDOWN_GRACE_PERIOD): cannot parse "30" as a duration`},

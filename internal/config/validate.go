@@ -459,6 +459,18 @@ func (v *validator) queue() {
 		v.fail("queue.leaseDuration", "must be at least 3s, got %s", q.LeaseDuration)
 	}
 	v.positiveDuration("queue.recoverInterval", q.RecoverInterval)
+	// A job is a few hundred bytes; 512 MiB is Redis's own limit on a value.
+	v.intRange("queue.maxJobBytes", q.MaxJobBytes, 1024, 512<<20)
+	// Every resque job is at least 2 deep ({"args":[...]}); beyond 10000
+	// Go's own JSON decoder refuses.
+	v.intRange("queue.maxJobDepth", q.MaxJobDepth, 3, 10000)
+	v.positiveInt("queue.maxRecoveries", q.MaxRecoveries)
+	if q.FenceMargin < 0 {
+		v.fail("queue.fenceMargin", "must not be negative, got %s", q.FenceMargin)
+	} else if q.LeaseDuration > 0 && q.FenceMargin > 0 && q.LeaseDuration/3 >= q.LeaseDuration-q.FenceMargin {
+		// The heartbeat (every third of the lease) must land before the fence.
+		v.fail("queue.fenceMargin", "must be under two thirds of queue.leaseDuration (%s), got %s", q.LeaseDuration, q.FenceMargin)
+	}
 	v.positiveDuration("queue.schedulerInterval", q.SchedulerInterval)
 	v.nonNegativeInt("queue.retry.maxRetries", q.Retry.MaxRetries)
 	v.positiveDuration("queue.retry.delay", q.Retry.Delay)

@@ -224,6 +224,18 @@ func TestValidate_Rules(t *testing.T) {
 			wantKeys: []string{"queue.blockTimeout", "queue.operationTimeout"},
 		},
 		{
+			name: "QueueJobLimitsRecoveriesAndFence",
+			mutate: func(c *Config) {
+				c.Queue.MaxJobBytes = 100
+				c.Queue.MaxJobDepth = 2
+				c.Queue.MaxRecoveries = 0
+				c.Queue.FenceMargin = 20 * time.Second // lease 30s: the 10s heartbeat would come after the fence
+			},
+			wantKeys: []string{"queue.maxJobBytes", "queue.maxJobDepth", "queue.maxRecoveries", "queue.fenceMargin"},
+			wantMsg:  "must be under two thirds of queue.leaseDuration",
+		},
+		{name: "QueueFenceMarginZeroMeansDefault", mutate: func(c *Config) { c.Queue.FenceMargin = 0 }},
+		{
 			name: "WorkerKubernetesHTTPDLog",
 			mutate: func(c *Config) {
 				c.Worker.Concurrency = 1025

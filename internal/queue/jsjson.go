@@ -29,7 +29,8 @@ import (
 // the much lower Limits.MaxJobDepth before anything decodes them.
 const maxEncodeDepth = 10000
 
-// appendJSString appends s as JSON.stringify would print it.
+// appendJSString appends s as JSON.stringify would print it (invalid UTF-8
+// bytes as U+FFFD, as a JavaScript string read from them holds).
 func appendJSString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
@@ -38,7 +39,10 @@ func appendJSString(dst []byte, s string) []byte {
 		if c >= utf8.RuneSelf {
 			r, size := utf8.DecodeRuneInString(s[i:])
 			if r == utf8.RuneError && size == 1 {
-				dst = append(dst, `\ufffd`...)
+				// An invalid byte reads as U+FFFD, which JSON.stringify
+				// prints literally: an escape here would not survive
+				// node-resque's JSON.stringify(JSON.parse(entry)).
+				dst = append(dst, "\uFFFD"...)
 			} else {
 				dst = append(dst, s[i:i+size]...)
 			}
