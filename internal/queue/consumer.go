@@ -1025,12 +1025,13 @@ func (d *delivery) ack(ctx context.Context) error {
 }
 
 // failure is the failed entry of this job, in node-resque's format so resque
-// tooling can show and retry it (secrets redacted, see Failure.Encode).
+// tooling can show and retry it (secrets redacted, see Failure.Encode; the
+// attempt marker dropped, see failedPayload).
 func (d *delivery) failure(exception string, reason error) []byte {
 	return Failure{
 		Worker:    d.slot.name,
 		Queue:     d.Job.Queue,
-		Payload:   []byte(d.raw),
+		Payload:   failedPayload([]byte(d.raw), d.c.limits),
 		Exception: exception,
 		Error:     reason.Error(),
 		FailedAt:  d.c.now(),

@@ -161,6 +161,26 @@ func (j *Job) withAttempt(attempt int) ([]byte, error) {
 	return append(out, '}'), nil
 }
 
+// failedPayload is the payload a failed entry carries for raw: the job
+// without its attempt marker, so a job retried from the failed list
+// (node-resque's retryAndRemoveFailed enqueues the payload's class and args)
+// starts again from its first attempt. raw is returned as it is when it
+// carries no marker or cannot be re-rendered.
+func failedPayload(raw []byte, l Limits) []byte {
+	if l.check(raw) != nil || !bytes.Contains(raw, attemptPrefix) {
+		return raw
+	}
+	j, err := ParseJob(raw, "")
+	if err != nil || j.Attempt == 0 {
+		return raw
+	}
+	p, err := j.withAttempt(0)
+	if err != nil {
+		return raw
+	}
+	return p
+}
+
 // Limits are what a job may be at the door: checked right after the take,
 // before anything decodes or re-encodes it.
 type Limits struct {

@@ -69,6 +69,11 @@ func TestNodeResque_SchedulerMovesRetriesWithTheirAttempt(t *testing.T) {
 	if !strings.Contains(e.Error, "gave up after 3 attempts") {
 		t.Fatalf("failed entry error %q", e.Error)
 	}
+	// Without the marker: retried from the failed list, the job starts
+	// again from its first attempt.
+	if want := `{"class":"start","queue":"builds","args":[{"buildId":8}]}`; string(e.Payload) != want {
+		t.Fatalf("failed entry payload %s, want %s", e.Payload, want)
+	}
 }
 
 // Every kind of entry we now write (omitted payload, JS-lossy payload,

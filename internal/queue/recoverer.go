@@ -197,7 +197,7 @@ func (r *Recoverer) failPoison(ctx context.Context) (int, error) {
 		if rej := r.opts.Limits.check([]byte(job)); rej != nil {
 			f.PayloadOmitted = rej.Reason
 		} else {
-			f.Payload = []byte(job)
+			f.Payload = failedPayload([]byte(job), r.opts.Limits)
 		}
 		n, err := poisonFailScript.Run(ctx, r.rdb,
 			[]string{r.keys.Poison(), r.keys.Failed(), r.keys.StatFailed(), r.keys.RecoveriesPrefix() + sha1Hex(job)},
