@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -43,6 +41,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	}
 	defer func() { _ = log.Sync() }()
 	logging.RouteKlog(log.Named("client-go"))
+	routeRedisLogs(log.Named("go-redis"))
 
 	rules, err := routing.Rules(cfg)
 	if err != nil {
@@ -271,34 +270,6 @@ func workerName() string {
 	}
 	// node-resque splits worker names on ':'; keep exactly one.
 	return strings.ReplaceAll(host, ":", "-") + ":" + strconv.Itoa(os.Getpid())
-}
-
-func newRedis(cfg *config.Config) redis.UniversalClient {
-	q := cfg.Queue
-	opts := &redis.UniversalOptions{
-		DB:           q.RedisConnection.Database,
-		Password:     q.RedisConnection.Options.Password,
-		DialTimeout:  5 * time.Second,
-		ReadTimeout:  q.OperationTimeout,
-		WriteTimeout: q.OperationTimeout,
-		// Each slot holds a connection inside BLMOVE; heartbeats, settles,
-		// the recoverer, the mover, scrapes and health checks need their own.
-		PoolSize: cfg.Worker.Concurrency + 16,
-	}
-	switch q.ConnectionType {
-	case "redisCluster":
-		opts.Addrs = q.RedisClusterConnection.Hosts
-		opts.IsClusterMode = true
-	case "redisSentinel":
-		opts.Addrs = q.RedisClusterConnection.Hosts
-		opts.MasterName = q.RedisClusterConnection.MasterName
-	default:
-		opts.Addrs = []string{net.JoinHostPort(q.RedisConnection.Host, strconv.Itoa(q.RedisConnection.Port))}
-	}
-	if q.RedisConnection.Options.TLS {
-		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	return redis.NewUniversalClient(opts)
 }
 
 // restConfig is the client config of every Kubernetes client: endpoint
