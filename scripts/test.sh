@@ -9,6 +9,10 @@ STATICCHECK=honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 scripts/ensure-packages.sh
 scripts/ensure-redis.sh
+# The Sentinel and Cluster tests start private redis-servers on free ports
+# (scripts/redis-topology.sh, stopped by each test): install redis-server
+# even when ensure-redis.sh found a Redis it did not have to install.
+scripts/redis-topology.sh install
 
 started_cluster=0
 if ! scripts/dev-cluster.sh status >/dev/null 2>&1; then
