@@ -482,8 +482,8 @@ func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, re
 	}
 
 	hook("check")
-	if rej := c.limits.check([]byte(raw)); rej != nil {
-		d.Job = &Job{Queue: s.queue, Raw: []byte(raw)}
+	if rej := c.limits.check(raw); rej != nil {
+		d.Job = &Job{Queue: s.queue} // no copy of a job that may be huge
 		c.metrics.Rejected.WithLabelValues(rej.Label).Inc()
 		c.settleFailure(jobCtx, d, Failure{
 			Worker: s.name, Queue: s.queue, PayloadOmitted: rej.Reason,
@@ -555,7 +555,7 @@ func (c *Consumer) afterPanic(d *delivery, r any) (string, bool) {
 			}
 		}()
 		f := Failure{Worker: s.name, Queue: s.queue, Exception: "Panic", Error: reason, FailedAt: c.now()}
-		if rej := c.limits.check([]byte(d.raw)); rej != nil {
+		if rej := c.limits.check(d.raw); rej != nil {
 			f.PayloadOmitted = rej.Reason
 		} else {
 			f.Payload = []byte(d.raw)
@@ -729,7 +729,7 @@ func (c *Consumer) requeueLeftovers(ctx context.Context, s *slot) error {
 	}
 	for i := len(left) - 1; i >= 0; i-- {
 		q := s.queue
-		if c.limits.check([]byte(left[i])) == nil {
+		if c.limits.check(left[i]) == nil {
 			if j, err := ParseJob([]byte(left[i]), s.queue); err == nil {
 				q = j.Queue
 			}

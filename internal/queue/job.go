@@ -167,7 +167,7 @@ func (j *Job) withAttempt(attempt int) ([]byte, error) {
 // starts again from its first attempt. raw is returned as it is when it
 // carries no marker or cannot be re-rendered.
 func failedPayload(raw []byte, l Limits) []byte {
-	if l.check(raw) != nil || !bytes.Contains(raw, attemptPrefix) {
+	if l.check(string(raw)) != nil || !bytes.Contains(raw, attemptPrefix) {
 		return raw
 	}
 	j, err := ParseJob(raw, "")
@@ -215,7 +215,7 @@ type Rejection struct {
 
 // check returns nil if raw is within the limits. It costs one length check
 // and one allocation-free byte scan.
-func (l Limits) check(raw []byte) *Rejection {
+func (l Limits) check(raw string) *Rejection {
 	if len(raw) > l.MaxJobBytes {
 		return &Rejection{Exception: "JobTooLarge", Label: "too_large",
 			Reason: fmt.Sprintf("job of %d bytes exceeds the limit of %d bytes (queue.maxJobBytes); payload omitted from this entry", len(raw), l.MaxJobBytes)}

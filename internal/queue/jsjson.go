@@ -286,8 +286,12 @@ func skipValue(dec *json.Decoder) error {
 // deep (the job envelope counts: {"args":[{}]} is 3 deep). It is a byte scan
 // that allocates nothing and never recurses: brackets inside strings do not
 // count, and an escaped quote does not end a string. It says nothing about
-// validity; the parse after it does.
-func nestingExceeds(raw []byte, max int) bool {
+// validity; the parse after it does. (Generic so a job taken as a string is
+// not copied to be scanned.)
+func nestingExceeds[T string | []byte](raw T, max int) bool {
+	if max < 0 {
+		return true // every document is at least 0 deep
+	}
 	depth := 0
 	for i := 0; i < len(raw); i++ {
 		switch raw[i] {
@@ -295,16 +299,10 @@ func nestingExceeds(raw []byte, max int) bool {
 			// Skip the string: find its closing quote, stepping over escapes
 			// (the byte after a backslash is never the end; \uXXXX's hex
 			// digits cannot be a quote or a bracket).
-			for i++; i < len(raw); i++ {
-				j := bytes.IndexAny(raw[i:], `"\`)
-				if j < 0 {
-					return false // unterminated: the parse rejects it
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] == '\\' {
+					i++ // the escaped byte
 				}
-				i += j
-				if raw[i] == '"' {
-					break
-				}
-				i++ // the escaped byte
 			}
 		case '[', '{':
 			if depth++; depth > max {

@@ -150,7 +150,7 @@ func (r *Recoverer) orphanQueue(ctx context.Context, slot string) (string, error
 	if err != nil {
 		return "", err
 	}
-	if r.opts.Limits.check([]byte(raw)) == nil {
+	if r.opts.Limits.check(raw) == nil {
 		if j, err := ParseJob([]byte(raw), ""); err == nil && j.Queue != "" {
 			return j.Queue, nil
 		}
@@ -194,7 +194,7 @@ func (r *Recoverer) failPoison(ctx context.Context) (int, error) {
 		reason := fmt.Sprintf("suspected poison job: found in a dead worker slot %d times (queue.maxRecoveries is %d): "+
 			"each time, the worker holding it died or lost its lease; last in %s", count, r.opts.MaxRecoveries, slot)
 		f := Failure{Worker: slot, Queue: queue, Exception: "PoisonJob", Error: reason, FailedAt: time.Now()}
-		if rej := r.opts.Limits.check([]byte(job)); rej != nil {
+		if rej := r.opts.Limits.check(job); rej != nil {
 			f.PayloadOmitted = rej.Reason
 		} else {
 			f.Payload = failedPayload([]byte(job), r.opts.Limits)
