@@ -163,6 +163,10 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		LeaseDuration:     cfg.Queue.LeaseDuration,
 		RecoverInterval:   cfg.Queue.RecoverInterval,
 		SchedulerInterval: cfg.Queue.SchedulerInterval,
+		MaxJobBytes:       cfg.Queue.MaxJobBytes,
+		MaxJobDepth:       cfg.Queue.MaxJobDepth,
+		MaxRecoveries:     cfg.Queue.MaxRecoveries,
+		FenceMargin:       cfg.Queue.FenceMargin,
 		Retry: queue.RetryPolicy{
 			MaxRetries: cfg.Queue.Retry.MaxRetries,
 			Delay:      cfg.Queue.Retry.Delay,
