@@ -66,6 +66,8 @@ while [ $# -gt 0 ]; do
 done
 WAIT=${QW_REDIS_TOPOLOGY_WAIT:-30}
 MASTER_NAME=qwmaster
+# Configs and the env file hold the passwords.
+umask 077
 ENV_FILE=$STATE/topology.env
 
 for bin in redis-server redis-cli; do
@@ -118,7 +120,8 @@ down() {
 cli() { # port password args...
   local port=$1 pass=$2
   shift 2
-  timeout 5 redis-cli -h 127.0.0.1 -p "$port" -a "$pass" --no-auth-warning "$@"
+  # The password through the environment, not argv (ps shows argv).
+  REDISCLI_AUTH=$pass timeout 5 redis-cli -h 127.0.0.1 -p "$port" "$@"
 }
 
 wait_until() { # description command...
@@ -135,8 +138,9 @@ wait_until() { # description command...
 # Ports come from 20000-29999: below Linux's ephemeral range, so a client's
 # outgoing connection never holds one, and a cluster bus port (+10000 would
 # be the default) is chosen the same way. A port can still be taken between
-# the check and the bind: start_node then picks another.
-USED_PORTS=" "
+# the check and the bind: start_node then picks another. The dev cluster's
+# fixed etcd ports are never picked, even while it is down.
+USED_PORTS=" ${QW_ETCD_PORT:-23790} ${QW_ETCD_PEER_PORT:-23800} "
 PORT=
 pick_port() {
   local p i
@@ -274,7 +278,7 @@ cluster_ok() {
     cli "$port" "$DATA_PASS" CLUSTER INFO | tr -d '\r' | grep -qx 'cluster_state:ok' || return 1
   done
   # Every node agrees on the slot table (what a client loads from any one).
-  timeout 10 redis-cli -a "$DATA_PASS" --no-auth-warning --cluster check "127.0.0.1:${NODE_PORTS[0]}" |
+  REDISCLI_AUTH=$DATA_PASS timeout 10 redis-cli --cluster check "127.0.0.1:${NODE_PORTS[0]}" |
     grep -q "All nodes agree about slots configuration"
 }
 
@@ -287,16 +291,13 @@ hosts_json() {
 }
 
 write_env() { # NAME=value...
-  local kv umask_was
-  umask_was=$(umask)
-  umask 077
+  local kv
   : >"$ENV_FILE.tmp"
   for kv in "$@"; do
     case $kv in *"'"*) die "internal: a value holds a quote: $kv" ;; esac
     printf "export %s='%s'\n" "${kv%%=*}" "${kv#*=}" >>"$ENV_FILE.tmp"
   done
   mv "$ENV_FILE.tmp" "$ENV_FILE"
-  umask "$umask_was"
 }
 
 # Up when the env file exists and every server it started answers.
@@ -356,7 +357,7 @@ up_cluster() {
     NODE_PORTS+=("$PORT")
     addrs+=("127.0.0.1:$PORT")
   done
-  timeout 60 redis-cli -a "$DATA_PASS" --no-auth-warning --cluster create "${addrs[@]}" \
+  REDISCLI_AUTH=$DATA_PASS timeout 60 redis-cli --cluster create "${addrs[@]}" \
     --cluster-replicas 0 --cluster-yes >"$STATE/cluster-create.log" 2>&1 || {
     cat "$STATE/cluster-create.log" >&2
     die "redis-cli --cluster create failed"
