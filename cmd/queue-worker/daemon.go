@@ -107,6 +107,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		MaxAttempts:    retry.MaxAttempts,
 		RetryDelay:     time.Duration(retry.RetryDelay) * time.Millisecond,
 		BreakerMetrics: breakerMetrics,
+		DefaultAPI:     cfg.Ecosystem.API,
+		TrustedAPIs:    cfg.Ecosystem.TrustedAPIURIs,
 	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
 
 	// The pod cache: every replica counts the budgets from it; the elected
@@ -128,9 +130,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		Namespace: ns,
 		Workers:   cfg.Supervisor.Workers,
 		Assess: supervisor.AssessOptions{
-			PendingTimeout:  cfg.Verify.PendingTimeout,
-			ImagePullGrace:  cfg.Verify.ImagePullGrace,
-			Exit139Window:   cfg.Verify.Exit139Window,
+			PendingTimeout:    cfg.Verify.PendingTimeout,
+			ImagePullGrace:    cfg.Verify.ImagePullGrace,
+			Exit139Window:     cfg.Verify.Exit139Window,
 			RuntimePatterns:   patterns,
 			RuntimeErrorGrace: cfg.Verify.RuntimeErrorGrace,
 		},

@@ -1,8 +1,8 @@
 package build
 
 import (
-	"encoding/json"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"

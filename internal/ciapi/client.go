@@ -66,6 +66,12 @@ type Options struct {
 	Breaker breaker.Settings
 	// BreakerMetrics receives the breaker's metrics (nil: unregistered).
 	BreakerMetrics *breaker.Metrics
+	// DefaultAPI is the CI API (ecosystem.api). A build's own apiUri is
+	// used only if it is on DefaultAPI's origin or one of TrustedAPIs;
+	// any other is replaced by DefaultAPI, so a build token never goes to
+	// a host the operator did not name. Empty: every apiUri is used as is.
+	DefaultAPI  string
+	TrustedAPIs []string
 }
 
 // BuildUpdate is the JSON body of PUT /v4/builds/<id>.
@@ -84,6 +90,8 @@ type Stats struct {
 
 // Client calls the CI API. It is safe for concurrent use.
 type Client struct {
+	defaultAPI    string
+	trusted       map[string]bool // scheme://host[:port]
 	hc            *http.Client
 	timeout       time.Duration
 	maxAttempts   int
@@ -121,7 +129,15 @@ func New(opts Options, log *zap.Logger, m *Metrics) *Client {
 	if bs.Logger == nil {
 		bs.Logger = log
 	}
+	trusted := map[string]bool{}
+	for _, u := range append([]string{opts.DefaultAPI}, opts.TrustedAPIs...) {
+		if o := origin(u); o != "" {
+			trusted[o] = true
+		}
+	}
 	return &Client{
+		defaultAPI:    opts.DefaultAPI,
+		trusted:       trusted,
 		hc:            httpClient(opts.HTTPClient, log),
 		timeout:       opts.Timeout,
 		maxAttempts:   opts.MaxAttempts,
@@ -198,6 +214,15 @@ func (c *Client) UpdateBuild(ctx context.Context, apiURI string, buildID int64, 
 }
 
 func (c *Client) update(ctx context.Context, kind, apiURI string, buildID int64, token string, u BuildUpdate) error {
+	if c.defaultAPI != "" && !c.trusted[origin(apiURI)] {
+		// The build's apiUri comes from Redis; its token goes only where the
+		// operator's config says the CI API is.
+		c.log.Warn("build apiUri is not a trusted CI API; sending the update to ecosystem.api instead",
+			zap.Int64("build_id", buildID), zap.String("kind", kind), zap.String("api_uri", redactURL(apiURI)),
+			zap.String("api", redactURL(c.defaultAPI)))
+		c.m.Untrusted.Inc()
+		apiURI = c.defaultAPI
+	}
 	target, err := buildURL(apiURI, buildID)
 	if err != nil {
 		return fmt.Errorf("updating build %d (%s): %w", buildID, kind, err)
@@ -352,6 +377,25 @@ func buildURL(apiURI string, buildID int64) (*url.URL, error) {
 	}
 	u.User, u.RawQuery, u.Fragment = nil, "", ""
 	return u.JoinPath("v4", "builds", strconv.FormatInt(buildID, 10)), nil
+}
+
+// origin is scheme://host[:port] of an absolute http(s) URL, lowercased;
+// "" for anything else.
+func origin(raw string) string {
+	u, err := url.Parse(strings.TrimSpace(raw))
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return ""
+	}
+	return strings.ToLower(u.Scheme + "://" + u.Host)
+}
+
+// redactURL is raw without its userinfo, for logs.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Redacted()
 }
 
 func cleanBody(raw []byte, token string) string {

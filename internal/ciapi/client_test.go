@@ -556,3 +556,46 @@ func TestErrorBodyIsTruncated(t *testing.T) {
 		t.Fatalf("body of %d bytes kept", len(se.Body))
 	}
 }
+
+// A build's apiUri comes from Redis: its token goes only to the CI API the
+// operator configured (ecosystem.api) or one they trust; any other apiUri
+// is replaced by ecosystem.api, never called.
+func TestUntrustedAPIURIIsReplacedByTheConfiguredAPI(t *testing.T) {
+	trusted := testbed.FakeCIAPI(t) // an internal name of the same API
+	evil := testbed.FakeCIAPI(t)
+	for _, tc := range []struct {
+		name   string
+		apiURI func(f *fixture) string
+		want   func(f *fixture) *testbed.FakeAPI
+	}{
+		{"DefaultAPIIsUsed", func(f *fixture) string { return f.api.URL() + "/" }, func(f *fixture) *testbed.FakeAPI { return f.api }},
+		{"TrustedAPIIsUsed", func(*fixture) string { return trusted.URL() }, func(*fixture) *testbed.FakeAPI { return trusted }},
+		{"OtherHostGoesToTheDefault", func(*fixture) string { return evil.URL() }, func(f *fixture) *testbed.FakeAPI { return f.api }},
+		{"OtherSchemeGoesToTheDefault", func(f *fixture) string { return strings.Replace(f.api.URL(), "http://", "https://", 1) }, func(f *fixture) *testbed.FakeAPI { return f.api }},
+		{"GarbageGoesToTheDefault", func(*fixture) string { return "javascript:alert(1)" }, func(f *fixture) *testbed.FakeAPI { return f.api }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := fast()
+			opts.HTTPClient = http.DefaultClient
+			f := &fixture{api: testbed.FakeCIAPI(t)}
+			opts.DefaultAPI, opts.TrustedAPIs = f.api.URL(), []string{trusted.URL() + "/some/path"}
+			f.m = NewMetrics(nil)
+			f.c = New(opts, nil, f.m)
+			trusted.Reset()
+			evil.Reset()
+			if err := f.c.ReportWaiting(context.Background(), tc.apiURI(f), buildID, token, ""); err != nil {
+				t.Fatal(err)
+			}
+			if got := len(tc.want(f).Requests()); got != 1 {
+				t.Fatalf("%d requests at the expected API, want 1", got)
+			}
+			if n := len(evil.Requests()); n != 0 {
+				t.Fatalf("the token went to an untrusted host %d times", n)
+			}
+			redirected := tc.want(f) == f.api && !strings.HasPrefix(tc.apiURI(f), f.api.URL())
+			if got := testutil.ToFloat64(f.m.Untrusted); (got == 1) != redirected {
+				t.Fatalf("untrusted counter %v, redirected %v", got, redirected)
+			}
+		})
+	}
+}

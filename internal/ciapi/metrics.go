@@ -29,6 +29,9 @@ type Metrics struct {
 	// Rejected counts updates the API refused with a non-retryable 4xx, by
 	// code: 401, 403, 404, or other.
 	Rejected *prometheus.CounterVec
+	// Untrusted counts updates whose build apiUri was not a trusted CI API
+	// and that went to ecosystem.api instead.
+	Untrusted prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg (nil: not registered).
@@ -47,6 +50,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "queue_worker", Name: "ciapi_rejected_total",
 			Help: "CI API build updates refused with a non-retryable 4xx, by code (401, 403, 404, other).",
 		}, []string{"code"}),
+		Untrusted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "queue_worker", Name: "ciapi_untrusted_api_uri_total",
+			Help: "CI API build updates whose build apiUri was neither ecosystem.api nor a trusted CI API; they went to ecosystem.api instead.",
+		}),
 	}
 	for _, k := range allKinds {
 		m.Duration.WithLabelValues(k)
@@ -58,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Rejected.WithLabelValues(c)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Requests, m.Duration, m.Rejected)
+		reg.MustRegister(m.Requests, m.Duration, m.Rejected, m.Untrusted)
 	}
 	return m
 }

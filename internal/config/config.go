@@ -209,11 +209,15 @@ type BuildSecretFile struct {
 
 // Ecosystem holds the Screwdriver endpoints passed to the launcher.
 type Ecosystem struct {
-	UI             string `yaml:"ui" mapstructure:"ui"`
-	API            string `yaml:"api" mapstructure:"api"`
-	Store          string `yaml:"store" mapstructure:"store"`
-	PushgatewayURL string `yaml:"pushgatewayUrl" mapstructure:"pushgatewayUrl"`
-	Cache          Cache  `yaml:"cache" mapstructure:"cache"`
+	UI  string `yaml:"ui" mapstructure:"ui"`
+	API string `yaml:"api" mapstructure:"api"`
+	// TrustedAPIURIs are other URLs of the CI API (an internal service
+	// name, say) that a build's apiUri may name; a build token is never
+	// sent to any other host (ecosystem.api gets the update instead).
+	TrustedAPIURIs []string `yaml:"trustedApiUris" mapstructure:"trustedApiUris"`
+	Store          string   `yaml:"store" mapstructure:"store"`
+	PushgatewayURL string   `yaml:"pushgatewayUrl" mapstructure:"pushgatewayUrl"`
+	Cache          Cache    `yaml:"cache" mapstructure:"cache"`
 }
 
 // Cache is ecosystem.cache (names as in the reference, snake_case included).

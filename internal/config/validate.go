@@ -241,6 +241,11 @@ func (v *validator) kataPath() {
 	v.tiers(kb+".resources.cpu", k.Resources.CPU)
 	v.tiers(kb+".resources.memory", k.Resources.Memory)
 	v.podCommon(kb, k.PodCommon)
+	if strings.HasPrefix(strings.ToLower(k.Host), "http://") {
+		// The daemon authenticates with a bearer token: over plain http
+		// anyone on the path could read it.
+		v.fail(kb+".host", "%q would send the Kubernetes credentials in clear; use https:// (or host:port, which means https)", k.Host)
+	}
 	v.nonNegativeInt(kb+".terminationGracePeriodSeconds", k.TerminationGracePeriodSeconds)
 	v.nonNegativeInt(kb+".maxTerminationGracePeriodSeconds", k.MaxTerminationGracePeriodSeconds)
 	if k.TerminationGracePeriodSeconds > k.MaxTerminationGracePeriodSeconds && k.MaxTerminationGracePeriodSeconds >= 0 {
@@ -374,6 +379,9 @@ func (v *validator) tiers(key string, t Tiers) {
 func (v *validator) ecosystem() {
 	e := v.c.Ecosystem
 	v.httpURL("ecosystem.api", e.API, true)
+	for i, u := range e.TrustedAPIURIs {
+		v.httpURL(indexKey("ecosystem.trustedApiUris", i), u, true)
+	}
 	v.httpURL("ecosystem.ui", e.UI, false)
 	v.httpURL("ecosystem.store", e.Store, false)
 	v.httpURL("ecosystem.pushgatewayUrl", e.PushgatewayURL, false)

@@ -27,6 +27,18 @@ func TestValidate_Rules(t *testing.T) {
 		},
 		{name: "PluginAliasKata", mutate: func(c *Config) { c.Executor.Plugin = "kata" }},
 		{
+			name:     "KubernetesHostOverPlainHTTPRefused",
+			mutate:   func(c *Config) { c.Executor.K8s.Options.Kubernetes.Host = "http://10.0.0.1:6443" },
+			wantKeys: []string{"executor.k8s.options.kubernetes.host"},
+			wantMsg:  "credentials in clear",
+		},
+		{name: "KubernetesHostWithoutSchemeIsHTTPS", mutate: func(c *Config) { c.Executor.K8s.Options.Kubernetes.Host = "10.0.0.1:6443" }},
+		{
+			name:     "TrustedAPIURIsMustBeURLs",
+			mutate:   func(c *Config) { c.Ecosystem.TrustedAPIURIs = []string{"https://api.internal", "api.internal"} },
+			wantKeys: []string{"ecosystem.trustedApiUris[1]"},
+		},
+		{
 			name: "LearnAfterAndRuntimeErrorGraceBounds",
 			mutate: func(c *Config) {
 				c.Verify.Fallback.LearnAfter = 0

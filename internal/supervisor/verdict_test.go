@@ -38,7 +38,9 @@ func TestAssess(t *testing.T) {
 		}
 	}
 	// The process ran and exited: its message is its own termination log.
-	terminated := func(code int32, msg string, ran time.Duration) func(*corev1.Pod) { return terminatedBy("Error", code, msg, ran) }
+	terminated := func(code int32, msg string, ran time.Duration) func(*corev1.Pod) {
+		return terminatedBy("Error", code, msg, ran)
+	}
 	opts := AssessOptions{PendingTimeout: 15 * time.Minute, ImagePullGrace: 30 * time.Second, Exit139Window: 10 * time.Second,
 		RuntimePatterns: []*regexp.Regexp{regexp.MustCompile(`(?i)vsyscall attempted`)}, RuntimeErrorGrace: 30 * time.Second}
 	sandboxSince := func(first time.Duration, count int32) []*corev1.Event {

@@ -96,7 +96,7 @@ func Start(t *testing.T, o Options) *Stack {
 	learned := exclusion.NewStore(rdb, exclusion.Options{Namespace: s.Keys.Namespace(), TTL: time.Hour,
 		LearnAfter: cfg.Verify.Fallback.LearnAfter, Window: time.Hour, Timeout: 2 * time.Second})
 	reporter := ciapi.New(ciapi.Options{Timeout: 2 * time.Second, MaxAttempts: 2, RetryDelay: 50 * time.Millisecond,
-		Breaker: breaker.Settings{OpenTimeout: time.Second}}, log, nil)
+		Breaker: breaker.Settings{OpenTimeout: time.Second}, DefaultAPI: ci.URL()}, log, nil)
 	pods := supervisor.NewCache(kube, ns, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := pods.Start(ctx, 10*time.Second); err != nil {
