@@ -27,9 +27,16 @@ eval "$(scripts/dev-cluster.sh up)"
 # cluster can't be touched by accident.
 export QW_TEST_KUBECONFIG="$KUBECONFIG"
 
+echo "[test] gofmt" >&2
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bench/*'))
+if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 echo "[test] go vet" >&2
 go vet ./...
 echo "[test] staticcheck" >&2
 go run "$STATICCHECK" ./...
 echo "[test] go test -race" >&2
 go test -race -count=1 -timeout 20m ./...
+# Every fuzz target for a few seconds beyond its seed corpus (which go test
+# already ran): `make fuzz` runs them for minutes.
+echo "[test] fuzz smoke" >&2
+FUZZTIME=${FUZZTIME:-4s} scripts/fuzz.sh
