@@ -15,6 +15,9 @@ export QW_DEV_CLUSTER_DIR=${QW_CHAOS_CLUSTER_DIR:-$HOME/.cache/queue-worker/chao
 export QW_ETCD_PORT=${QW_CHAOS_ETCD_PORT:-23791}
 export QW_ETCD_PEER_PORT=${QW_CHAOS_ETCD_PEER_PORT:-23801}
 export QW_APISERVER_PORT=${QW_CHAOS_APISERVER_PORT:-16444}
+# Room for 10,000 running builds (a build requests about 2.25 CPUs of a
+# kwok node's 1000).
+export QW_KWOK_NODES_PER_POOL=${QW_CHAOS_NODES_PER_POOL:-14}
 cleanup() { scripts/dev-cluster.sh down || true; }
 trap cleanup EXIT
 eval "$(scripts/dev-cluster.sh up)"

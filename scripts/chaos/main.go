@@ -51,6 +51,7 @@ type flags struct {
 	bin, configDir, kube     string
 	clusterDir, logDir       string
 	keep                     bool
+	logLevel                 string
 }
 
 func main() {
@@ -69,6 +70,7 @@ func main() {
 	flag.StringVar(&f.clusterDir, "cluster-dir", filepath.Join(os.Getenv("HOME"), ".cache/queue-worker/dev-cluster"), "dev cluster state dir (the apiserver's pid file)")
 	flag.StringVar(&f.logDir, "logs", "", "directory for the replicas' logs (default: a temp dir)")
 	flag.BoolVar(&f.keep, "keep", false, "keep the namespace afterwards")
+	flag.StringVar(&f.logLevel, "log-level", "warn", "LOG_LEVEL of the replicas")
 	flag.Parse()
 	ok, err := run(f)
 	if err != nil {
@@ -131,7 +133,7 @@ func run(f flags) (bool, error) {
 		"REDIS_HOST": "127.0.0.1", "REDIS_PORT": strconv.Itoa(rdb.Port()), "REDIS_QUEUE_PREFIX": prefix,
 		"WEIGHT_K8S": "50", "WORKER_CONCURRENCY": strconv.Itoa(f.concurrency),
 		"K8S_CLIENT_QPS": "500", "K8S_CLIENT_BURST": "1000",
-		"ECOSYSTEM_API": ci.url, "LOG_LEVEL": "warn",
+		"ECOSYSTEM_API": ci.url, "LOG_LEVEL": f.logLevel,
 		// Short leases, so a killed replica's jobs and the supervisor's Lease
 		// come back within seconds (production keeps the defaults).
 		"QUEUE_LEASE_DURATION": "4s", "QUEUE_RECOVER_INTERVAL": "1s",
@@ -474,7 +476,7 @@ func listPods(ctx context.Context, kube kubernetes.Interface, ns string) (map[in
 }
 
 func report(f flags, took time.Duration, killed int, events *timeline, pods map[int64][]corev1.Pod, calls map[int64]ciCalls, failed int64) bool {
-	var lost, dup, noHost, dupHost, failures []int64
+	var lost, dup, noHost, dupHost, failures, unscheduled, noWaiting, dupWaiting []int64
 	byRuntime := map[string]int{}
 	for id := int64(1); id <= int64(f.n); id++ {
 		ps := pods[id]
@@ -488,10 +490,20 @@ func report(f flags, took time.Duration, killed int, events *timeline, pods map[
 			byRuntime[p.Labels[executor.LabelRuntime]]++
 		}
 		c := calls[id]
+		scheduled := len(ps) > 0 && ps[0].Spec.NodeName != ""
 		switch {
-		case c.hostname == 0 && len(ps) > 0:
+		case len(ps) > 0 && !scheduled:
+			// No room on the nodes: its report is "waiting", once.
+			unscheduled = append(unscheduled, id)
+			if c.waiting == 0 {
+				noWaiting = append(noWaiting, id)
+			} else if c.waiting > 1 {
+				dupWaiting = append(dupWaiting, id)
+			}
+		case scheduled && c.hostname == 0:
 			noHost = append(noHost, id)
-		case c.hostname > 1:
+		}
+		if c.hostname > 1 {
 			dupHost = append(dupHost, id)
 		}
 		if c.failure > 0 {
@@ -509,10 +521,13 @@ func report(f flags, took time.Duration, killed int, events *timeline, pods map[
 	fmt.Printf("| builds lost (no pod) | %d %s |\n", len(lost), sample(lost))
 	fmt.Printf("| builds with more than one pod | %d %s |\n", len(dup), sample(dup))
 	fmt.Printf("| jobs in the failed list | %d |\n", failed)
-	fmt.Printf("| builds whose node was never reported | %d %s |\n", len(noHost), sample(noHost))
+	fmt.Printf("| builds scheduled whose node was never reported | %d %s |\n", len(noHost), sample(noHost))
 	fmt.Printf("| builds whose node was reported more than once | %d %s |\n", len(dupHost), sample(dupHost))
+	fmt.Printf("| builds left unschedulable (nodes full) | %d |\n", len(unscheduled))
+	fmt.Printf("| unschedulable builds never reported waiting / reported waiting more than once | %d / %d %s |\n", len(noWaiting), len(dupWaiting), sample(append(noWaiting, dupWaiting...)))
 	fmt.Printf("| builds reported FAILURE | %d %s |\n", len(failures), sample(failures))
-	return len(lost) == 0 && len(dup) == 0 && len(dupHost) == 0 && len(failures) == 0 && failed == 0
+	return len(lost) == 0 && len(dup) == 0 && len(dupHost) == 0 && len(noHost) == 0 && len(failures) == 0 && failed == 0 &&
+		len(noWaiting) == 0 && len(dupWaiting) == 0
 }
 
 func sample(ids []int64) string {
