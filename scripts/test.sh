@@ -34,6 +34,13 @@ echo "[test] go vet" >&2
 go vet ./...
 echo "[test] staticcheck" >&2
 go run "$STATICCHECK" ./...
+# Alerting and recording rules: syntax, then the alert unit tests (series
+# fixtures). The deploy tests also parse the dashboard's queries with it.
+echo "[test] promtool check/test rules" >&2
+QW_PROMTOOL=$(scripts/ensure-promtool.sh)
+export QW_PROMTOOL
+"$QW_PROMTOOL" check rules deploy/prometheus/queue-worker.rules.yml
+"$QW_PROMTOOL" test rules deploy/prometheus/queue-worker.rules.test.yml
 echo "[test] go test -race" >&2
 go test -race -count=1 -timeout 20m ./...
 # Every fuzz target for a few seconds beyond its seed corpus (which go test
