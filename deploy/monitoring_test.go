@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 
@@ -392,6 +393,44 @@ func dashboardExprs(t *testing.T) []string {
 			out = append(out, q.Expr)
 		}
 	}
+	return out
+}
+
+// ruleExprs returns every rule's expression, and the names the recording
+// rules define.
+func ruleExprs(t *testing.T) (exprs []string, recorded map[string]bool) {
+	t.Helper()
+	recorded = map[string]bool{}
+	for _, g := range loadRules(t).Groups {
+		for _, r := range g.Rules {
+			exprs = append(exprs, r.Expr)
+			if r.Record != "" {
+				recorded[r.Record] = true
+			}
+		}
+	}
+	return exprs, recorded
+}
+
+// usedMetricNames returns the metric names the dashboard and the rules
+// select, recording-rule names left out.
+func usedMetricNames(t *testing.T) []string {
+	t.Helper()
+	exprs, recorded := ruleExprs(t)
+	exprs = append(exprs, dashboardExprs(t)...)
+	set := map[string]bool{}
+	for _, e := range exprs {
+		for _, n := range promqlMetricNames(e) {
+			if !recorded[n] {
+				set[n] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
 	return out
 }
 
