@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -127,11 +128,15 @@ type Supervisor struct {
 	// termMu guards what one term keeps in memory. finished holds the pods
 	// this term saw past the early-exit window (their setup was looked at
 	// once); termStart is when the term began; gone holds, per build, the
-	// pods deleted since its last sync, whose records that sync deletes.
-	termMu    sync.Mutex
-	finished  map[types.UID]bool
-	termStart time.Time
-	gone      map[string][]types.UID
+	// pods deleted since its last sync, whose records that sync deletes;
+	// unrecorded holds records whose write failed after their action
+	// succeeded (Redis down): the plan sees them, so the action is not
+	// repeated while the write is retried.
+	termMu     sync.Mutex
+	finished   map[types.UID]bool
+	termStart  time.Time
+	gone       map[string][]types.UID
+	unrecorded map[types.UID]map[string]string
 }
 
 // New returns a supervisor; Run starts it.
@@ -155,7 +160,7 @@ func New(deps Deps, opts Options) *Supervisor {
 		opts.RetryMax = 2 * time.Minute
 	}
 	return &Supervisor{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics,
-		finished: map[types.UID]bool{}, gone: map[string][]types.UID{}}
+		finished: map[types.UID]bool{}, gone: map[string][]types.UID{}, unrecorded: map[types.UID]map[string]string{}}
 }
 
 // Resync asks for a sync of a build, if this replica supervises now (an
@@ -251,6 +256,7 @@ func (s *Supervisor) lead(ctx context.Context) {
 		s.termMu.Lock()
 		clear(s.finished)
 		clear(s.gone)
+		clear(s.unrecorded)
 		s.termMu.Unlock()
 	}()
 	s.log.Info("supervising build pods", zap.Int("workers", s.opts.Workers), zap.Int("cached_pods", s.deps.Cache.Len()))
@@ -354,6 +360,17 @@ func (s *Supervisor) sync(ctx context.Context, key string, events *eventCache) (
 	pods, err := s.view(ctx, s.deps.Cache.PodsOfBuild(key))
 	if err != nil {
 		return 0, err
+	}
+	// Records owed from an earlier sync of this term go first.
+	for _, p := range pods {
+		s.termMu.Lock()
+		owed := len(s.unrecorded[p.UID]) > 0
+		s.termMu.Unlock()
+		if owed {
+			if err := s.record(ctx, p, nil); err != nil {
+				return 0, err
+			}
+		}
 	}
 	p := planBuild(pods, events.of, time.Now(), planOptions{
 		assess: s.opts.Assess, earlyExit: s.opts.Assess.Exit139Window, fallback: s.opts.Fallback,
@@ -574,13 +591,16 @@ func (s *Supervisor) view(ctx context.Context, pods []*corev1.Pod) ([]*corev1.Po
 	if err != nil {
 		return nil, err
 	}
+	s.termMu.Lock()
+	defer s.termMu.Unlock()
 	for i, p := range pods {
-		if len(recs[i]) == 0 {
+		pending := s.unrecorded[p.UID]
+		if len(recs[i]) == 0 && len(pending) == 0 {
 			continue
 		}
 		c := *p
-		c.Annotations = make(map[string]string, len(p.Annotations)+len(recs[i]))
-		for _, m := range []map[string]string{p.Annotations, recs[i]} {
+		c.Annotations = make(map[string]string, len(p.Annotations)+len(recs[i])+len(pending))
+		for _, m := range []map[string]string{p.Annotations, recs[i], pending} {
 			for k, v := range m {
 				c.Annotations[k] = v
 			}
@@ -599,6 +619,7 @@ func (s *Supervisor) forget(obj any) {
 	if p, ok := obj.(*corev1.Pod); ok {
 		s.termMu.Lock()
 		delete(s.finished, p.UID)
+		delete(s.unrecorded, p.UID)
 		key := p.Labels[executor.LabelBuild]
 		s.gone[key] = append(s.gone[key], p.UID)
 		s.termMu.Unlock()
@@ -620,10 +641,24 @@ func (s *Supervisor) forgetGone(ctx context.Context, key string) {
 	}
 }
 
-// record writes supervision records of a pod, after their actions.
+// record writes supervision records of a pod, after their actions, with
+// any earlier ones whose write failed. A failed write is kept for the next
+// sync of this term (the action is done; only its record is owed).
 func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, rec map[string]string) error {
-	if err := s.deps.Records.Add(ctx, pod.UID, rec); err != nil {
+	s.termMu.Lock()
+	all := maps.Clone(s.unrecorded[pod.UID])
+	s.termMu.Unlock()
+	if all == nil {
+		all = map[string]string{}
+	}
+	maps.Copy(all, rec)
+	err := s.deps.Records.Add(ctx, pod.UID, all)
+	s.termMu.Lock()
+	defer s.termMu.Unlock()
+	if err != nil {
+		s.unrecorded[pod.UID] = all
 		return fmt.Errorf("pod %s: %w", pod.Name, err)
 	}
+	delete(s.unrecorded, pod.UID)
 	return nil
 }

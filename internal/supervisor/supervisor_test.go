@@ -3,16 +3,20 @@ package supervisor_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/supervisor"
 	"github.com/sdkata/queue-worker/internal/testbed"
 	"github.com/sdkata/queue-worker/internal/testbed/stack"
 	"github.com/sdkata/queue-worker/internal/weightage"
@@ -310,5 +314,48 @@ func TestSupervisor_OneKataFailureDoesNotTeachASharedImage(t *testing.T) {
 	if want := first != second; learned != want {
 		t.Fatalf("failures on %s then %s: third build runtime %s rule %s, learned %v, want %v",
 			first, second, p.Labels[executor.LabelRuntime], p.Annotations[executor.AnnotationRule], learned, want)
+	}
+}
+
+// failingWrites fails the first n record writes, as a Redis outage right
+// after a report would.
+type failingWrites struct {
+	supervisor.Records
+	left atomic.Int32
+}
+
+func (f *failingWrites) Add(ctx context.Context, uid types.UID, rec map[string]string) error {
+	if f.left.Add(-1) >= 0 {
+		return errors.New("redis: connection refused (test)")
+	}
+	return f.Records.Add(ctx, uid, rec)
+}
+
+// A record whose write fails after its action succeeded is kept and
+// written later: the node is reported once, not again on every retry.
+func TestSupervisor_FailedRecordWriteDoesNotRepeatTheReport(t *testing.T) {
+	var fw *failingWrites
+	b := stack.Start(t, stack.Options{Env: map[string]string{"WEIGHT_K8S": "100"}, Supervise: true,
+		Records: func(r supervisor.Records) supervisor.Records {
+			fw = &failingWrites{Records: r}
+			fw.left.Store(3)
+			return fw
+		}})
+	const id = 7500
+	b.EnqueueStart(t, id, "node:18", nil)
+	p := b.WaitPod(t, id)
+	testbed.Eventually(t, 30*time.Second, "the record written once Redis takes writes again", func() bool {
+		node, _ := b.Redis.HGet(context.Background(), b.Keys.Namespace()+":qw:supervision:"+string(p.UID), supervisor.AnnotationReportedNode).Result()
+		return node != ""
+	})
+	time.Sleep(2 * time.Second)
+	n := 0
+	for _, r := range b.CI.RequestsFor(id) {
+		if s, ok := r.Body["stats"].(map[string]any); ok && s["hostname"] != nil {
+			n++
+		}
+	}
+	if n != 1 || fw.left.Load() >= 0 {
+		t.Fatalf("node reported %d times (want 1) with %d failed writes left", n, fw.left.Load())
 	}
 }

@@ -44,6 +44,9 @@ type Options struct {
 	// Executor replaces the Kubernetes side of the worker (e.g. one whose
 	// breaker is open); nil uses the real executor.
 	Executor worker.Executor
+	// Records wraps the supervisor's record store (e.g. to fail writes);
+	// nil uses it as is.
+	Records func(supervisor.Records) supervisor.Records
 }
 
 // Stack is a running consumer + worker (+ supervisor) and its test beds.
@@ -97,6 +100,10 @@ func Start(t *testing.T, o Options) *Stack {
 		LearnAfter: cfg.Verify.Fallback.LearnAfter, Window: time.Hour, Timeout: 2 * time.Second})
 	reporter := ciapi.New(ciapi.Options{Timeout: 2 * time.Second, MaxAttempts: 2, RetryDelay: 50 * time.Millisecond,
 		Breaker: breaker.Settings{OpenTimeout: time.Second}, DefaultAPI: ci.URL()}, log, nil)
+	var records supervisor.Records = supervisor.NewRedisRecords(rdb, s.Keys.Namespace(), time.Hour, 2*time.Second)
+	if o.Records != nil {
+		records = o.Records(records)
+	}
 	pods := supervisor.NewCache(kube, ns, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := pods.Start(ctx, 10*time.Second); err != nil {
@@ -104,7 +111,7 @@ func Start(t *testing.T, o Options) *Stack {
 		t.Fatal(err)
 	}
 	sup := supervisor.New(supervisor.Deps{
-		Client: kube, Cache: pods, Records: supervisor.NewRedisRecords(rdb, s.Keys.Namespace(), time.Hour, 2*time.Second), Pods: exec, Reporter: reporter,
+		Client: kube, Cache: pods, Records: records, Pods: exec, Reporter: reporter,
 		Learner: learned, Marks: marks, Configs: configs,
 		Rules: holder, Log: log.Named("supervisor"),
 	}, supervisor.Options{
