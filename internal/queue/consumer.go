@@ -63,6 +63,15 @@ type Options struct {
 	BlockTimeout time.Duration
 	// OperationTimeout bounds every non-blocking Redis call.
 	OperationTimeout time.Duration
+	// JobTimeout is the longest a handler may take with one job (default
+	// 5m): the handler's own calls are each bounded, so one that runs longer
+	// is taken for a wedged slot and fails liveness (Live). It does not cut
+	// the handler off.
+	JobTimeout time.Duration
+	// WedgeMargin is added to every step's bound before it counts as a
+	// wedge (default 30s): scheduling delays and GC pauses on a loaded node
+	// must not read as one.
+	WedgeMargin time.Duration
 	// DrainTimeout is how long in-flight jobs may keep running after Run's
 	// context is cancelled; then their context is cancelled too.
 	DrainTimeout time.Duration
@@ -97,6 +106,12 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
+	if o.JobTimeout == 0 {
+		o.JobTimeout = 5 * time.Minute
+	}
+	if o.WedgeMargin == 0 {
+		o.WedgeMargin = 30 * time.Second
+	}
 	if o.LeaseDuration == 0 {
 		o.LeaseDuration = 30 * time.Second
 	}
@@ -139,6 +154,8 @@ type Consumer struct {
 	// succeeded was sent, so every lease runs at least LeaseDuration past it.
 	epoch    time.Time
 	lastBeat atomic.Int64
+	// beatWatch is the heartbeat loop's step, for liveness.
+	beatWatch watch
 }
 
 // Deps are what a Consumer works with.
@@ -212,6 +229,8 @@ type slot struct {
 	// re-leases itself before taking again, or recoverers would treat its
 	// next job as an orphan.
 	needLease atomic.Bool
+	// watch is the slot's current step, for liveness (see Live).
+	watch watch
 }
 
 // slotMetrics are the slot's queue-labelled counters, looked up once.
@@ -367,11 +386,13 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 
 func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	defer s.watch.enter(stepIdle, c.now(), 0)
 	// next is a job the last settle already moved into our in-flight list
 	// (and recorded in the worker record), in the same script.
 	var next string
 	var haveNext bool
 	for {
+		c.enter(&s.watch, stepLoop)
 		if haveNext {
 			raw := next
 			next, haveNext = "", false
@@ -406,6 +427,7 @@ func (c *Consumer) runSlot(ctx, workCtx context.Context, s *slot, h Handler) {
 			}
 			s.needLease.Store(false)
 		}
+		c.enter(&s.watch, stepTake)
 		raw, err := c.rdb.BLMove(ctx, s.queueKey, s.inflight, "LEFT", "RIGHT", c.opts.BlockTimeout).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
@@ -510,12 +532,14 @@ func (c *Consumer) deliver(takeCtx, ctx context.Context, s *slot, raw string, re
 	}
 	start := c.now()
 	hook("handle")
+	c.enter(&s.watch, stepJob)
 	out := c.handle(jobCtx, h, job)
 	c.jobs.duration(class).Observe(c.now().Sub(start).Seconds())
 	if s.isFenced() {
 		return "", false
 	}
 	hook("settle")
+	c.enter(&s.watch, stepSettle)
 	c.settle(jobCtx, d, out, class)
 	return d.next, d.haveNext
 }
@@ -749,7 +773,11 @@ func (c *Consumer) heartbeatLoop(ctx context.Context) {
 	b := newBackoff(c.opts.HeartbeatInterval/8, c.opts.HeartbeatInterval)
 	t := time.NewTimer(c.opts.HeartbeatInterval)
 	defer t.Stop()
+	defer c.beatWatch.enter(stepIdle, c.now(), 0)
 	for {
+		// The next beat, failed or not, returns within the interval plus one
+		// bounded call; a loop that does not is wedged.
+		c.beatWatch.enter(stepLoop, c.now(), c.opts.HeartbeatInterval+c.opts.OperationTimeout+c.opts.WedgeMargin)
 		select {
 		case <-ctx.Done():
 			return
