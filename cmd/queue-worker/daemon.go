@@ -162,6 +162,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		BlockTimeout:      cfg.Queue.BlockTimeout,
 		OperationTimeout:  cfg.Queue.OperationTimeout,
 		DrainTimeout:      cfg.Worker.ShutdownGracePeriod,
+		JobTimeout:        cfg.Worker.JobTimeout,
 		LeaseDuration:     cfg.Queue.LeaseDuration,
 		RecoverInterval:   cfg.Queue.RecoverInterval,
 		SchedulerInterval: cfg.Queue.SchedulerInterval,
@@ -191,6 +192,10 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		srv.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
 		srv.Handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
 	}
+	// Liveness: only a wedge a restart cures (a slot or the heartbeat stuck
+	// past its bound, a silent pod watch); a dependency down is readiness.
+	srv.AddLiveness("queue", consumer.Live)
+	srv.AddLiveness("pod-watch", pods.Live)
 	srv.AddCheck("redis", func(ctx context.Context) error { return rdb.Ping(ctx).Err() })
 	// Not ready while the CI API's breaker is open: builds start, but their
 	// reports wait (and a rollout should not replace replicas meanwhile).

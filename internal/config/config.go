@@ -314,6 +314,9 @@ type Worker struct {
 	Concurrency int `yaml:"concurrency" mapstructure:"concurrency"`
 	// ShutdownGracePeriod is how long in-flight jobs may run after SIGTERM.
 	ShutdownGracePeriod time.Duration `yaml:"shutdownGracePeriod" mapstructure:"shutdownGracePeriod"`
+	// JobTimeout is the longest one job may take: every call a job makes
+	// is bounded, so a slot past it is wedged and liveness fails.
+	JobTimeout time.Duration `yaml:"jobTimeout" mapstructure:"jobTimeout"`
 }
 
 // Routing holds the routing switches of our own; the weight and the

@@ -561,6 +561,7 @@ func (v *validator) process() {
 	if c.Worker.ShutdownGracePeriod < 0 {
 		v.fail("worker.shutdownGracePeriod", "must not be negative, got %s", c.Worker.ShutdownGracePeriod)
 	}
+	v.positiveDuration("worker.jobTimeout", c.Worker.JobTimeout)
 	if !(c.Kubernetes.QPS > 0) || math.IsInf(c.Kubernetes.QPS, 0) {
 		v.fail("kubernetes.qps", "must be a positive number, got %s", formatFloat(c.Kubernetes.QPS))
 	}

@@ -19,25 +19,35 @@ import (
 // Check reports whether a dependency is usable; it must honour ctx.
 type Check func(ctx context.Context) error
 
-// Server serves /metrics, /healthz and /readyz.
+// Server serves /metrics, /healthz and /readyz. Both endpoints run their
+// checks and answer 200 or 503 with one line per check ("name: ok" or
+// "name: why"), so a failing probe explains itself in the kubelet's events.
 type Server struct {
 	mux    *http.ServeMux
 	log    *zap.Logger
 	mu     sync.Mutex
-	checks map[string]Check
-	// CheckTimeout bounds each readiness check.
+	checks map[string]Check // readiness: can the dependencies be used?
+	live   map[string]Check // liveness: is the process making progress?
+	// CheckTimeout bounds each check.
 	CheckTimeout time.Duration
 }
 
 // New returns a server exposing gatherer's metrics.
 func New(gatherer prometheus.Gatherer, log *zap.Logger) *Server {
-	s := &Server{mux: http.NewServeMux(), log: log, checks: map[string]Check{}, CheckTimeout: 2 * time.Second}
+	s := &Server{mux: http.NewServeMux(), log: log, checks: map[string]Check{}, live: map[string]Check{}, CheckTimeout: 2 * time.Second}
 	s.mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
-	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	s.mux.HandleFunc("/readyz", s.ready)
+	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.live) })
+	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { s.serveChecks(w, r, s.checks) })
 	return s
+}
+
+// AddLiveness registers a liveness check: it fails only when the process
+// is stuck in a way a restart cures (a wedged slot, a silent watch), never
+// because a dependency is down (that is readiness).
+func (s *Server) AddLiveness(name string, c Check) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.live[name] = c
 }
 
 // Handle adds a handler (e.g. a debug endpoint).
@@ -50,13 +60,14 @@ func (s *Server) AddCheck(name string, c Check) {
 	s.checks[name] = c
 }
 
-func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveChecks(w http.ResponseWriter, r *http.Request, set map[string]Check) {
 	s.mu.Lock()
-	names := make([]string, 0, len(s.checks))
-	for n := range s.checks {
+	names := make([]string, 0, len(set))
+	checks := make(map[string]Check, len(set))
+	for n, c := range set {
 		names = append(names, n)
+		checks[n] = c
 	}
-	checks := s.checks
 	s.mu.Unlock()
 	sort.Strings(names)
 
@@ -75,6 +86,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	}
 	if failed {
 		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	if len(names) == 0 {
+		b.WriteString("ok\n")
 	}
 	fmt.Fprint(w, b.String())
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -64,5 +65,34 @@ func TestServer_ReadyzReflectsChecksAndShutsDown(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("server did not shut down")
+	}
+}
+
+// Liveness and readiness are separate sets: a dependency down makes the
+// process unready but alive; a wedge makes it not alive, with the reason.
+func TestServer_HealthzRunsLivenessChecksOnly(t *testing.T) {
+	s := New(prometheus.NewRegistry(), zaptest.NewLogger(t))
+	var wedged atomic.Bool
+	s.AddLiveness("queue", func(context.Context) error {
+		if wedged.Load() {
+			return errors.New("slot w-0 stuck in handling a job since 2026-12-06T03:00:00Z")
+		}
+		return nil
+	})
+	s.AddCheck("redis", func(context.Context) error { return errors.New("connection refused") })
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		s.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get("/healthz"); code != 200 || body != "queue: ok\n" {
+		t.Fatalf("alive with Redis down: %d %q", code, body)
+	}
+	wedged.Store(true)
+	if code, body := get("/healthz"); code != 503 || !strings.Contains(body, "queue: slot w-0 stuck in handling a job") {
+		t.Fatalf("wedged: %d %q", code, body)
+	}
+	if code, _ := get("/readyz"); code != 503 {
+		t.Fatalf("readyz %d", code)
 	}
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,17 +135,38 @@ type DepthCollector struct {
 	keys    Keys
 	queues  []string
 	timeout time.Duration
+	now     func() time.Time
 	depth   *prometheus.Desc
+	oldest  *prometheus.Desc
 	failed  *prometheus.Desc
 	delayed *prometheus.Desc
 	up      *prometheus.Desc
+	// heads remembers, per queue, the digest of the job at its head and
+	// when a scrape first saw it there (resque jobs carry no enqueue time).
+	mu    sync.Mutex
+	heads map[string]head
 }
+
+type head struct {
+	digest string
+	since  time.Time
+}
+
+// headDigestScript returns the SHA-1 of the job at the head of a queue
+// ("" when empty): a 40-byte answer however large the job. KEYS[1] queue.
+var headDigestScript = redis.NewScript(`
+local j = redis.call('LINDEX', KEYS[1], 0)
+if not j then return '' end
+return redis.sha1hex(j)`)
 
 // NewDepthCollector returns a collector for the given full queue names.
 func NewDepthCollector(rdb redis.UniversalClient, keys Keys, queues []string, timeout time.Duration) *DepthCollector {
 	return &DepthCollector{
-		rdb: rdb, keys: keys, queues: queues, timeout: timeout,
-		depth:   prometheus.NewDesc("queue_worker_queue_depth", "Jobs waiting in a resque queue.", []string{"queue"}, nil),
+		rdb: rdb, keys: keys, queues: queues, timeout: timeout, now: time.Now, heads: map[string]head{},
+		depth: prometheus.NewDesc("queue_worker_queue_depth", "Jobs waiting in a resque queue.", []string{"queue"}, nil),
+		oldest: prometheus.NewDesc("queue_worker_queue_oldest_job_age_seconds",
+			"How long the job at the head of a resque queue (the next to be taken) has been there, as this replica's scrapes saw it; 0 when the queue is empty. Resque jobs carry no enqueue time: a job's age counts from the first scrape that saw it at the head.",
+			[]string{"queue"}, nil),
 		failed:  prometheus.NewDesc("queue_worker_queue_failed_list_length", "Entries in the resque failed list.", nil, nil),
 		delayed: prometheus.NewDesc("queue_worker_queue_delayed_timestamps", "Timestamps with delayed jobs scheduled.", nil, nil),
 		up:      prometheus.NewDesc("queue_worker_queue_depth_scrape_ok", "1 if the depth scrape reached Redis.", nil, nil),
@@ -154,6 +176,7 @@ func NewDepthCollector(rdb redis.UniversalClient, keys Keys, queues []string, ti
 // Describe implements prometheus.Collector.
 func (d *DepthCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- d.depth
+	ch <- d.oldest
 	ch <- d.failed
 	ch <- d.delayed
 	ch <- d.up
@@ -165,8 +188,11 @@ func (d *DepthCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	pipe := d.rdb.Pipeline()
 	lens := make([]*redis.IntCmd, len(d.queues))
+	digests := make([]*redis.Cmd, len(d.queues))
 	for i, q := range d.queues {
 		lens[i] = pipe.LLen(ctx, d.keys.Queue(q))
+		// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
+		digests[i] = headDigestScript.Eval(ctx, pipe, []string{d.keys.Queue(q)})
 	}
 	failed := pipe.LLen(ctx, d.keys.Failed())
 	delayed := pipe.ZCard(ctx, d.keys.DelayedSchedule())
@@ -174,9 +200,23 @@ func (d *DepthCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d.up, prometheus.GaugeValue, 0)
 		return
 	}
+	now := d.now()
+	d.mu.Lock()
 	for i, q := range d.queues {
 		ch <- prometheus.MustNewConstMetric(d.depth, prometheus.GaugeValue, float64(lens[i].Val()), q)
+		digest, _ := digests[i].Text()
+		h := d.heads[q]
+		if digest != h.digest {
+			h = head{digest: digest, since: now}
+			d.heads[q] = h
+		}
+		age := 0.0
+		if digest != "" {
+			age = now.Sub(h.since).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(d.oldest, prometheus.GaugeValue, age, q)
 	}
+	d.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(d.failed, prometheus.GaugeValue, float64(failed.Val()))
 	ch <- prometheus.MustNewConstMetric(d.delayed, prometheus.GaugeValue, float64(delayed.Val()))
 	ch <- prometheus.MustNewConstMetric(d.up, prometheus.GaugeValue, 1)

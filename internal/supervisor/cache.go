@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -22,11 +25,22 @@ import (
 // supervisor also syncs builds from it. Pods are stored trimmed to what
 // supervision reads (see trimPod), which is most of their memory.
 type Cache struct {
-	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 	ns       string
 	metrics  *Metrics
+	done     chan struct{}
+	started  atomic.Bool
+	// active is when the watch last showed it is alive (unix nanoseconds):
+	// a list, a watch (re)started, an event or a bookmark, or an error.
+	active atomic.Int64
 }
+
+// watchSilence is how long the pod watch may go without any sign of life
+// before liveness fails. The apiserver sends a bookmark about every minute
+// to a watch that asks for them (client-go's reflector does), and the
+// reflector restarts its watch every 5 to 10 minutes; errors count as signs
+// of life (the apiserver being down is readiness's business).
+const watchSilence = 5 * time.Minute
 
 const byBuild = "byBuild"
 
@@ -36,24 +50,99 @@ func NewCache(client kubernetes.Interface, ns string, metrics *Metrics) *Cache {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector = executor.LabelBuild + "," + executor.LabelManaged + "=queue-worker"
-		}),
-		informers.WithTransform(trimPod))
-	inf := factory.Core().V1().Pods().Informer()
-	_ = inf.AddIndexers(cache.Indexers{byBuild: func(obj any) ([]string, error) {
-		if p, ok := obj.(*corev1.Pod); ok {
-			return []string{p.Labels[executor.LabelBuild]}, nil
-		}
-		return nil, nil
-	}})
-	return &Cache{factory: factory, informer: inf, ns: ns, metrics: metrics}
+	c := &Cache{ns: ns, metrics: metrics, done: make(chan struct{})}
+	sel := executor.LabelBuild + "," + executor.LabelManaged + "=queue-worker"
+	pods := client.CoreV1().Pods(ns)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = sel
+			l, err := pods.List(ctx, o)
+			c.alive()
+			return l, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = sel
+			w, err := pods.Watch(ctx, o)
+			c.alive()
+			if err != nil {
+				return nil, err
+			}
+			return &aliveWatch{Interface: w, c: c, out: make(chan watch.Event), stopped: make(chan struct{})}, nil
+		},
+	}
+	c.informer = cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{
+		Indexers: cache.Indexers{byBuild: func(obj any) ([]string, error) {
+			if p, ok := obj.(*corev1.Pod); ok {
+				return []string{p.Labels[executor.LabelBuild]}, nil
+			}
+			return nil, nil
+		}},
+	})
+	_ = c.informer.SetTransform(trimPod)
+	_ = c.informer.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+		c.alive()
+		cache.DefaultWatchErrorHandler(ctx, r, err)
+	})
+	return c
+}
+
+func (c *Cache) alive() { c.active.Store(time.Now().UnixNano()) }
+
+// aliveWatch passes a watch's events on, noting each (bookmarks included)
+// as a sign of life.
+type aliveWatch struct {
+	watch.Interface
+	c       *Cache
+	out     chan watch.Event
+	once    sync.Once
+	stopped chan struct{}
+	stop    sync.Once
+}
+
+func (w *aliveWatch) ResultChan() <-chan watch.Event {
+	w.once.Do(func() {
+		go func() {
+			defer close(w.out)
+			for ev := range w.Interface.ResultChan() {
+				w.c.alive()
+				select {
+				case w.out <- ev:
+				case <-w.stopped: // nobody reads any more
+					return
+				}
+			}
+		}()
+	})
+	return w.out
+}
+
+// Stop stops the watch; the forwarding goroutine ends with it.
+func (w *aliveWatch) Stop() {
+	w.stop.Do(func() { close(w.stopped) })
+	w.Interface.Stop()
+}
+
+// Live is a liveness check: the pod watch has shown a sign of life within
+// watchSilence (see there).
+func (c *Cache) Live(context.Context) error {
+	if !c.HasSynced() {
+		return nil // Start has not returned yet; it fails on its own
+	}
+	last := time.Unix(0, c.active.Load())
+	if quiet := time.Since(last); quiet > watchSilence {
+		return fmt.Errorf("the build pod watch has shown no event, bookmark, restart or error since %s (%s, bound %s)",
+			last.UTC().Format(time.RFC3339), quiet.Round(time.Second), watchSilence)
+	}
+	return nil
 }
 
 // Start runs the informer until ctx is done and waits for its first list.
 func (c *Cache) Start(ctx context.Context, timeout time.Duration) error {
-	c.factory.Start(ctx.Done())
+	c.started.Store(true)
+	go func() {
+		defer close(c.done)
+		c.informer.RunWithContext(ctx)
+	}()
 	syncCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if !cache.WaitForCacheSync(syncCtx.Done(), c.informer.HasSynced) {
@@ -65,7 +154,9 @@ func (c *Cache) Start(ctx context.Context, timeout time.Duration) error {
 
 // Shutdown stops the informer's goroutines (after the Start context is done).
 func (c *Cache) Shutdown() {
-	c.factory.Shutdown()
+	if c.started.Load() {
+		<-c.done
+	}
 	c.metrics.Synced.WithLabelValues("pods").Set(0)
 }
 

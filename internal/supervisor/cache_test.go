@@ -1,6 +1,8 @@
 package supervisor
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -8,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/testbed"
 )
 
 // The cache keeps what verdicts read and drops the rest: a verdict on the
@@ -39,4 +42,31 @@ func TestTrimPod_KeepsWhatVerdictsRead(t *testing.T) {
 	if len(trimmed.Labels) != 2 || len(trimmed.Annotations) != 1 || trimmed.ManagedFields != nil || len(trimmed.Spec.Containers) != 0 || len(trimmed.Status.Conditions) != 1 {
 		t.Fatalf("kept too much: %+v", trimmed)
 	}
+}
+
+// The pod watch counts as alive while it shows events (or bookmarks,
+// restarts, errors); one silent past watchSilence fails liveness, and the
+// next event on the real apiserver's watch brings it back.
+func TestCache_SilentWatchFailsLivenessUntilTheNextEvent(t *testing.T) {
+	kube, ns := testbed.Kube(t)
+	c := NewCache(kube, ns, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); c.Shutdown() })
+	if err := c.Start(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Live(ctx); err != nil {
+		t.Fatalf("fresh watch: %v", err)
+	}
+	c.active.Store(time.Now().Add(-watchSilence - time.Minute).UnixNano())
+	err := c.Live(ctx)
+	if err == nil || !strings.Contains(err.Error(), "build pod watch has shown no event") {
+		t.Fatalf("silent watch: %v", err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sdbuild-1", Labels: map[string]string{executor.LabelBuild: "1", executor.LabelManaged: "queue-worker"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}, NodeSelector: map[string]string{"nowhere": "x"}}}
+	if _, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 10*time.Second, "alive again after the pod's event", func() bool { return c.Live(ctx) == nil })
 }
