@@ -2,7 +2,7 @@
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GO ?= go
 
-.PHONY: demo test build bench lint cluster-up cluster-down clean
+.PHONY: demo test build image bench lint cluster-up cluster-down clean
 
 demo:
 	scripts/demo.sh
@@ -10,8 +10,15 @@ demo:
 test:
 	scripts/test.sh
 
+# Static (no cgo): the image (make image) has no libc.
 build:
-	$(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/queue-worker ./cmd/queue-worker
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/queue-worker ./cmd/queue-worker
+
+# The container image without a container engine: bin/image/queue-worker.tar
+# (OCI layout + docker manifest), tag queue-worker:$(IMAGE_TAG).
+IMAGE_TAG ?= dev
+image:
+	IMAGE_TAG=$(IMAGE_TAG) VERSION=$(VERSION) scripts/build-image.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
