@@ -19,6 +19,12 @@ type Config struct {
 	Supervisor Supervisor `yaml:"supervisor" mapstructure:"supervisor"`
 	HTTPD      HTTPD      `yaml:"httpd" mapstructure:"httpd"`
 	Log        Log        `yaml:"log" mapstructure:"log"`
+	// Plugins are queue-service's worker plugin settings (its paths and env
+	// names): blockedBy and collapse.
+	Plugins Plugins `yaml:"plugins" mapstructure:"plugins"`
+	// TimeoutChecker is the build timeout checker (ours; queue-service's
+	// runs with fixed settings).
+	TimeoutChecker TimeoutChecker `yaml:"timeoutChecker" mapstructure:"timeoutChecker"`
 
 	// sources records where each leaf key came from (see Sources); set by
 	// Load, nil for a Config built in code.
@@ -111,6 +117,17 @@ type KataKubernetes struct {
 	// DockerImage is the docker-in-docker sidecar's image (the reference
 	// hard-coded docker:20.10-dind).
 	DockerImage string `yaml:"dockerImage" mapstructure:"dockerImage"`
+	// DockerRootlessImage is the dind image when the build also has the
+	// rootless BuildKit sidecar (executor-k8s hard-codes
+	// docker:20.10-dind-rootless).
+	DockerRootlessImage string `yaml:"dockerRootlessImage" mapstructure:"dockerRootlessImage"`
+	// RootlessBuildkitFeatureEnabled is executor-k8s's cluster switch (key
+	// and default true as there): with it, a build annotated
+	// screwdriver.cd/rootlessBuildkitEnabled: true gets a buildkitd sidecar.
+	RootlessBuildkitFeatureEnabled bool `yaml:"rootlessBuildkitFeatureEnabled" mapstructure:"rootlessBuildkitFeatureEnabled"`
+	// BuildkitImage is the buildkitd sidecar's image (executor-k8s
+	// hard-codes screwdrivercd/buildkit-rootless:latest).
+	BuildkitImage string `yaml:"buildkitImage" mapstructure:"buildkitImage"`
 	// LifecycleHooks is a corev1.Lifecycle in JSON/YAML form ({postStart,
 	// preStop}); its shape is checked at load (see Lifecycle).
 	LifecycleHooks      map[string]any    `yaml:"lifecycleHooks" mapstructure:"lifecycleHooks"`
@@ -416,4 +433,54 @@ type LeaderElection struct {
 	LeaseDuration time.Duration `yaml:"leaseDuration" mapstructure:"leaseDuration"`
 	RenewDeadline time.Duration `yaml:"renewDeadline" mapstructure:"renewDeadline"`
 	RetryPeriod   time.Duration `yaml:"retryPeriod" mapstructure:"retryPeriod"`
+}
+
+// Plugins is queue-service's plugins section.
+type Plugins struct {
+	BlockedBy BlockedBy `yaml:"blockedBy" mapstructure:"blockedBy"`
+}
+
+// BlockedBy is queue-service's plugins.blockedBy: what a start waits for.
+// Times are minutes, as there (fractions allowed).
+type BlockedBy struct {
+	// Enabled runs the gate (ours: queue-service's worker always does). Off,
+	// blockedBy and collapse are not applied at all.
+	Enabled bool `yaml:"enabled" mapstructure:"enabled"`
+	// ReenqueueWaitTime is how long a blocked start waits before it is
+	// tried again.
+	ReenqueueWaitTime float64 `yaml:"reenqueueWaitTime" mapstructure:"reenqueueWaitTime"`
+	// BlockTimeout is how long a running build blocks others at most when
+	// it has no timeout annotation (the running key's TTL).
+	BlockTimeout float64 `yaml:"blockTimeout" mapstructure:"blockTimeout"`
+	// BlockedBySelf: a build waits while another build of its job runs.
+	BlockedBySelf bool `yaml:"blockedBySelf" mapstructure:"blockedBySelf"`
+	// Collapse is the default of the screwdriver.cd/collapseBuilds annotation.
+	Collapse bool `yaml:"collapse" mapstructure:"collapse"`
+}
+
+// ReenqueueWait is ReenqueueWaitTime as a duration.
+func (b BlockedBy) ReenqueueWait() time.Duration {
+	return time.Duration(b.ReenqueueWaitTime * float64(time.Minute))
+}
+
+// BlockTTL is BlockTimeout as a duration.
+func (b BlockedBy) BlockTTL() time.Duration {
+	return time.Duration(b.BlockTimeout * float64(time.Minute))
+}
+
+// TimeoutChecker fails builds that run past their timeout.
+type TimeoutChecker struct {
+	Enabled bool `yaml:"enabled" mapstructure:"enabled"`
+	// Interval is the least time between two passes across all replicas.
+	Interval time.Duration `yaml:"interval" mapstructure:"interval"`
+	// Buffer is added to each build's timeout before it is failed.
+	Buffer time.Duration `yaml:"buffer" mapstructure:"buffer"`
+}
+
+// SideKeysShareASlot reports whether queue-service's side keys
+// (<prefix>running_job_*, <prefix>waiting_job_*, <prefix>buildConfigs, ...)
+// can be used together in one script: always on one server, and on Redis
+// Cluster only when the queue prefix carries a {hash tag}.
+func (c *Config) SideKeysShareASlot() bool {
+	return c.Queue.ConnectionType != "redisCluster" || hasHashTag(c.Queue.Prefix)
 }

@@ -95,6 +95,7 @@ func (c *Config) Validate() error {
 	v.verify()
 	v.supervisor()
 	v.process()
+	v.plugins()
 	return v.errs.err()
 }
 
@@ -258,6 +259,12 @@ func (v *validator) kataPath() {
 	v.quantity(kb+".resources.launcher.memory", k.Resources.Launcher.Memory)
 	if k.DockerFeatureEnabled {
 		v.nonEmpty(kb+".dockerImage", k.DockerImage)
+		if k.RootlessBuildkitFeatureEnabled {
+			v.nonEmpty(kb+".dockerRootlessImage", k.DockerRootlessImage)
+		}
+	}
+	if k.RootlessBuildkitFeatureEnabled {
+		v.nonEmpty(kb+".buildkitImage", k.BuildkitImage)
 	}
 	if _, errs := lifecycleFromHooks(k.LifecycleHooks); len(errs) > 0 {
 		for _, err := range errs {
@@ -579,4 +586,24 @@ func (v *validator) process() {
 func hasHashTag(s string) bool {
 	i := strings.IndexByte(s, '{')
 	return i >= 0 && strings.IndexByte(s[i+1:], '}') > 0
+}
+
+func (v *validator) plugins() {
+	b := v.c.Plugins.BlockedBy
+	if b.Enabled {
+		if !(b.ReenqueueWaitTime > 0) || math.IsInf(b.ReenqueueWaitTime, 0) || b.ReenqueueWait() < time.Second {
+			// A shorter wait would spin blocked starts through the schedule.
+			v.fail("plugins.blockedBy.reenqueueWaitTime", "must be at least 1 second (in minutes: 0.0167), got %v", b.ReenqueueWaitTime)
+		}
+		if !(b.BlockTimeout > 0) || math.IsInf(b.BlockTimeout, 0) || b.BlockTTL() < time.Second {
+			v.fail("plugins.blockedBy.blockTimeout", "must be a positive number of minutes, got %v", b.BlockTimeout)
+		}
+	}
+	t := v.c.TimeoutChecker
+	if t.Enabled {
+		v.positiveDuration("timeoutChecker.interval", t.Interval)
+		if t.Buffer < 0 {
+			v.fail("timeoutChecker.buffer", "must not be negative, got %s", t.Buffer)
+		}
+	}
 }

@@ -53,6 +53,8 @@ type StartResult struct {
 	Created bool
 	// Runtime is the runtime of the pod that exists now.
 	Runtime weightage.Runtime
+	// TimeoutMinutes is the build timeout its launcher enforces.
+	TimeoutMinutes int
 }
 
 // Start makes sure the build's pod and its token Secret exist. It is
@@ -95,6 +97,7 @@ func (e *Executor) StartWith(ctx context.Context, b *build.Config, d weightage.D
 		res.Created = false
 		res.Runtime = weightage.Runtime(created.Labels[LabelRuntime])
 	}
+	res.TimeoutMinutes = TimeoutFor(&e.opts, b, res.Runtime)
 	checked := make(chan error, 1)
 	if afterPod != nil {
 		go func() { checked <- afterPod(ctx) }()
@@ -215,6 +218,44 @@ func (e *Executor) Stop(ctx context.Context, buildID int64) error {
 	}
 	e.metrics.Stops.WithLabelValues(outcome(errors.Join(errs...))).Inc()
 	return errors.Join(errs...)
+}
+
+// BuildStartedAt is when the build container of a build's newest pod
+// started running (zero if none has): the moment its launcher's own timer
+// starts, after scheduling, image pulls and the launcher init container.
+func (e *Executor) BuildStartedAt(ctx context.Context, buildID int64) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+	defer cancel()
+	l, err := e.client.CoreV1().Pods(e.opts.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: LabelBuild + "=" + BuildLabel(e.opts.Prefix, buildID), ResourceVersion: "0"})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("listing the pods of build %d: %w", buildID, err)
+	}
+	var started time.Time
+	for _, p := range l.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			if !isBuildContainer(&p, cs.Name) {
+				continue
+			}
+			var at metav1.Time
+			switch {
+			case cs.State.Running != nil:
+				at = cs.State.Running.StartedAt
+			case cs.State.Terminated != nil:
+				at = cs.State.Terminated.StartedAt
+			}
+			if at.Time.After(started) {
+				started = at.Time
+			}
+		}
+	}
+	return started, nil
+}
+
+// isBuildContainer: the pod's first container is the build (the Kata build
+// container or hyperd's vm-launcher); sidecars follow it.
+func isBuildContainer(p *corev1.Pod, name string) bool {
+	return len(p.Spec.Containers) > 0 && p.Spec.Containers[0].Name == name
 }
 
 // Permanent reports whether a Kubernetes error will not go away by retrying

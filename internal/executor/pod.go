@@ -39,10 +39,6 @@ const (
 	// buildSecretKey holds the build config (without its token) in the
 	// pod's Secret.
 	buildSecretKey = "build.json"
-	// deadlineSlack is added to the build timeout for activeDeadlineSeconds:
-	// the launcher enforces the timeout itself; the deadline is only a safety
-	// net for a launcher that never reports.
-	deadlineSlackMinutes = 10
 )
 
 // PodSpec renders the build pod for a decision. It is pure: same inputs, same pod.
@@ -69,6 +65,15 @@ func decisionAnnotations(b *build.Config, d weightage.Decision) map[string]strin
 		a[AnnotationJobID] = strconv.FormatInt(b.JobID, 10)
 	}
 	return a
+}
+
+// TimeoutFor is the build timeout (minutes) a pod of the runtime gets: the
+// one its launcher enforces, and the one its timeoutConfigs entry records.
+func TimeoutFor(o *Options, b *build.Config, rt weightage.Runtime) int {
+	if rt == weightage.Hyperd {
+		return buildTimeout(b, o.Hyperd.BuildTimeout, o.Hyperd.MaxBuildTimeout)
+	}
+	return buildTimeout(b, o.Kata.BuildTimeout, o.Kata.MaxBuildTimeout)
 }
 
 // buildTimeout is the timeout annotation (minutes) capped by max, else the default.
@@ -116,8 +121,14 @@ func gracePeriod(b *build.Config, configured, maxSeconds int) int64 {
 // screwdriver.cd/dockerEnabled. The reference took only the YAML boolean
 // true; we also take the string "true" (any case), since a quoted value
 // states the same intent and silently ignoring it was a typing trap.
-func dockerRequested(b *build.Config) bool {
-	v, ok := b.Annotation("dockerEnabled")
+func dockerRequested(b *build.Config) bool { return annotationTrue(b, "dockerEnabled") }
+
+// buildkitRequested: the build asks for the rootless BuildKit sidecar with
+// screwdriver.cd/rootlessBuildkitEnabled (read as dockerEnabled is).
+func buildkitRequested(b *build.Config) bool { return annotationTrue(b, "rootlessBuildkitEnabled") }
+
+func annotationTrue(b *build.Config, name string) bool {
+	v, ok := b.Annotation(name)
 	if !ok {
 		return false
 	}
@@ -278,7 +289,9 @@ func launcherInitScript(metrics, cache bool) string {
 		sb.WriteString(`echo "launcher_start_ts:$(date +%s)" > /workspace/metrics` + "\n")
 	}
 	if cache {
-		sb.WriteString("chmod 0777 " + strings.Join(initCacheDirs[:], " ") + "\n")
+		// Recursively, as executor-k8s does: files an earlier build (another
+		// user, another umask) left in the cache stay writable.
+		sb.WriteString("chmod -R 0777 " + strings.Join(initCacheDirs[:], " ") + "\n")
 	}
 	sb.WriteString(`if [ ! -f /opt/launcher/launch ]; then
   tmp=$(mktemp -d -p /opt/launcher)
@@ -342,6 +355,7 @@ func kataPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *co
 	grace := gracePeriod(b, k.TerminationGracePeriodSeconds, k.MaxTerminationGracePeriodSeconds)
 	cache := cacheDirs(o, b)
 	dind := k.DockerFeatureEnabled && dockerRequested(b)
+	buildkit := k.RootlessBuildkitFeatureEnabled && buildkitRequested(b)
 
 	labels := podLabels(o, b, k.PodLabels, weightage.Kata)
 	// The app label and the resource labels describe the pod as built.
@@ -427,6 +441,12 @@ func kataPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *co
 			corev1.VolumeMount{Name: "dind-share", MountPath: dindSharePath},
 			corev1.VolumeMount{Name: "dind-client-certs", MountPath: dindClientCerts, ReadOnly: true})
 	}
+	if buildkit {
+		// buildkitd writes its server and client certs on start; the build
+		// reads the client ones.
+		volumes = append(volumes, emptyDir("buildkit-client-certs"), emptyDir("buildkit-server-certs"))
+		mounts = append(mounts, corev1.VolumeMount{Name: "buildkit-client-certs", MountPath: buildkitClientCerts})
+	}
 	for _, vm := range k.VolumeMounts {
 		volumes = append(volumes, hostPath(vm.Name, vm.Path, corev1.HostPathType(vm.Type)))
 		mounts = append(mounts, corev1.VolumeMount{Name: vm.Name, MountPath: vm.MountPath, ReadOnly: vm.ReadOnly})
@@ -450,7 +470,10 @@ func kataPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *co
 		Lifecycle:       lifecycle,
 	}}
 	if dind {
-		containers = append(containers, dindSidecar(k, b))
+		containers = append(containers, dindSidecar(k, b, buildkit))
+	}
+	if buildkit {
+		containers = append(containers, buildkitSidecar(k, b))
 	}
 
 	pod := &corev1.Pod{
@@ -459,7 +482,6 @@ func kataPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *co
 			ServiceAccountName:            k.ServiceAccount,
 			AutomountServiceAccountToken:  ptrTo(k.AutomountServiceAccountToken),
 			TerminationGracePeriodSeconds: &grace,
-			ActiveDeadlineSeconds:         ptrTo(int64((timeout + deadlineSlackMinutes) * 60)),
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			DNSPolicy:                     corev1.DNSPolicy(k.DNSPolicy),
 			Tolerations:                   tols,
@@ -487,19 +509,27 @@ func kataPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *co
 }
 
 const (
-	dindSharePath   = "/opt/sd_dind_share"
-	dindClientCerts = "/certs/client"
+	dindSharePath       = "/opt/sd_dind_share"
+	dindClientCerts     = "/certs/client"
+	buildkitClientCerts = "/certs/buildkit/client"
+	buildkitServerCerts = "/certs/buildkit/server"
 )
 
 // dindSidecar is the privileged docker daemon next to the build container,
 // serving TLS on localhost:2376 with client certs shared through an emptyDir.
-// Its size comes from the dockerCpu/dockerRam tiers (names only).
-func dindSidecar(k *config.KataKubernetes, b *build.Config) corev1.Container {
+// Its size comes from the dockerCpu/dockerRam tiers (names only). With the
+// BuildKit sidecar too it is the rootless image, as in executor-k8s. Its
+// pull policy is the configured one, as the build container's.
+func dindSidecar(k *config.KataKubernetes, b *build.Config, buildkit bool) corev1.Container {
 	cpu := tier(b, "dockerCpu", k.Resources.CPU, dindCPUTiers)
 	mem := tier(b, "dockerRam", k.Resources.Memory, dindMemTiers)
+	image := k.DockerImage
+	if buildkit {
+		image = k.DockerRootlessImage
+	}
 	return corev1.Container{
 		Name:            "dind",
-		Image:           k.DockerImage,
+		Image:           image,
 		ImagePullPolicy: corev1.PullPolicy(k.ImagePullPolicy),
 		SecurityContext: &corev1.SecurityContext{Privileged: ptrTo(true)},
 		Resources:       withRequests(kataLimits(cpu, mem), k.Resources.Requests),
@@ -510,6 +540,29 @@ func dindSidecar(k *config.KataKubernetes, b *build.Config) corev1.Container {
 			{Name: "dind-storage", MountPath: "/var/lib/docker"},
 			{Name: "dind-share", MountPath: dindSharePath},
 			{Name: "dind-client-certs", MountPath: dindClientCerts},
+		},
+	}
+}
+
+// buildkitSidecar is executor-k8s's buildkitd: privileged, listening on
+// tcp://localhost:1234 with its image's buildkitd.toml, the client certs
+// shared with the build container. Its size comes from the
+// buildkitCpu/buildkitRam tiers (names only, as dind's). The pull policy is
+// the configured one (executor-k8s sets none, which for its :latest image
+// means Always, the configured default).
+func buildkitSidecar(k *config.KataKubernetes, b *build.Config) corev1.Container {
+	cpu := tier(b, "buildkitCpu", k.Resources.CPU, dindCPUTiers)
+	mem := tier(b, "buildkitRam", k.Resources.Memory, dindMemTiers)
+	return corev1.Container{
+		Name:            "buildkitd",
+		Image:           k.BuildkitImage,
+		ImagePullPolicy: corev1.PullPolicy(k.ImagePullPolicy),
+		Args:            []string{"--addr", "tcp://localhost:1234", "--config", "/etc/buildkit/buildkitd.toml"},
+		SecurityContext: &corev1.SecurityContext{Privileged: ptrTo(true)},
+		Resources:       withRequests(kataLimits(cpu, mem), k.Resources.Requests),
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: "buildkit-client-certs", MountPath: buildkitClientCerts},
+			{Name: "buildkit-server-certs", MountPath: buildkitServerCerts},
 		},
 	}
 }
@@ -586,7 +639,6 @@ func hyperdPod(o *Options, b *build.Config, d weightage.Decision, attempt int) *
 			// privileged host container; the vm-launcher needs no API access.
 			AutomountServiceAccountToken:  ptrTo(false),
 			TerminationGracePeriodSeconds: &grace,
-			ActiveDeadlineSeconds:         ptrTo(int64((timeout + deadlineSlackMinutes) * 60)),
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			Tolerations:                   tols,
 			Affinity: &corev1.Affinity{

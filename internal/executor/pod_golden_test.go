@@ -91,6 +91,39 @@ func goldenCases() []goldenCase {
 			},
 		},
 		{
+			// executor-k8s's rootless BuildKit: buildkitd sidecar sized by
+			// its tiers, certs volumes, client certs on the build container.
+			name: "kata-buildkit", d: kataDecision,
+			build: func(b *build.Config) {
+				b.Annotations = map[string]any{
+					"screwdriver.cd/rootlessBuildkitEnabled": true, "screwdriver.cd/buildkitCpu": "HIGH",
+					"screwdriver.cd/buildkitRam": "TURBO",
+				}
+			},
+		},
+		{
+			// Both sidecars: dind takes the rootless image; both follow the
+			// configured pull policy.
+			name: "kata-dind-buildkit-ifnotpresent", d: kataDecision,
+			config: func(c *config.Config) {
+				k := &c.Executor.K8s.Options.Kubernetes
+				k.DockerFeatureEnabled = true
+				k.ImagePullPolicy = "IfNotPresent"
+			},
+			build: func(b *build.Config) {
+				b.Annotations = map[string]any{"screwdriver.cd/dockerEnabled": true, "screwdriver.cd/rootlessBuildkitEnabled": "true"}
+			},
+		},
+		{
+			name: "kata-buildkit-asked-but-cluster-off", d: kataDecision,
+			config: func(c *config.Config) {
+				c.Executor.K8s.Options.Kubernetes.RootlessBuildkitFeatureEnabled = false
+			},
+			build: func(b *build.Config) {
+				b.Annotations = map[string]any{"screwdriver.cd/rootlessBuildkitEnabled": true}
+			},
+		},
+		{
 			name: "kata-dind-asked-but-cluster-off", d: kataDecision,
 			build: func(b *build.Config) {
 				b.Annotations = map[string]any{"screwdriver.cd/dockerEnabled": true}
