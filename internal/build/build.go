@@ -91,6 +91,11 @@ func (c *Config) MergeIDs(args *Config) {
 	if args.VirtualJob {
 		c.VirtualJob = true
 	}
+	// queue-service stores blockedBy as an array and queues it as a
+	// comma-joined string; either names the same jobs.
+	if len(c.BlockedBy) == 0 {
+		c.BlockedBy = args.BlockedBy
+	}
 }
 
 // ValidateStart checks what a start needs to launch a pod.

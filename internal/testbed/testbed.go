@@ -49,7 +49,8 @@ func Redis(t testing.TB) (rdb *redis.Client, namespace, prefix string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		for _, pattern := range []string{namespace + ":*", prefix + "*"} {
+		// queue-service's last-running keys put "last_" before the prefix.
+		for _, pattern := range []string{namespace + ":*", prefix + "*", "last_" + prefix + "*"} {
 			iter := rdb.Scan(ctx, 0, pattern, 500).Iterator()
 			for iter.Next(ctx) {
 				rdb.Del(ctx, iter.Val())
