@@ -393,3 +393,31 @@ func TestStandaloneFiles_AreTheBase(t *testing.T) {
 		}
 	}
 }
+
+// The config overlay each installation mounts is one the daemon accepts
+// (strict validation: unknown keys, types, ranges), with the shipped
+// config files underneath, as in the image.
+func TestOverlays_ConfigLoads(t *testing.T) {
+	bin, err := daemonBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{"base", "overlays/dev", "overlays/keda"} {
+		t.Run(dir, func(t *testing.T) {
+			cm := find(render(t, dir), "ConfigMap", "queue-worker-config")
+			overlay := str(cm, "data", "config.yaml")
+			if overlay == "" {
+				t.Fatal("no ConfigMap queue-worker-config with config.yaml")
+			}
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(overlay), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "config", "print", "--config-dir", "../config", "--config", path)
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("queue-worker config print refused the overlay of %s: %v\n%s", dir, err, out)
+			}
+		})
+	}
+}
