@@ -214,7 +214,9 @@ func run(f flags) (bool, error) {
 		return false, err
 	}
 	failed, _ := rdb.Client.LLen(ctx, keys.Failed()).Result()
-	return report(f, time.Since(start), fleet.killed, events, pods, ci.snapshot(), failed), nil
+	ok := report(f, time.Since(start), fleet.killed, events, pods, ci.snapshot(), failed)
+	explainUnreported(ctx, kube, ns, pods, ci.snapshot())
+	return ok, nil
 }
 
 // ---- enqueue ---------------------------------------------------------------
@@ -528,6 +530,31 @@ func report(f flags, took time.Duration, killed int, events *timeline, pods map[
 	fmt.Printf("| builds reported FAILURE | %d %s |\n", len(failures), sample(failures))
 	return len(lost) == 0 && len(dup) == 0 && len(dupHost) == 0 && len(noHost) == 0 && len(failures) == 0 && failed == 0 &&
 		len(noWaiting) == 0 && len(dupWaiting) == 0
+}
+
+// explainUnreported prints, for each scheduled build whose node was never
+// reported, what its pod and Secret look like (diagnosis).
+func explainUnreported(ctx context.Context, kube kubernetes.Interface, ns string, pods map[int64][]corev1.Pod, calls map[int64]ciCalls) {
+	n := 0
+	for id, ps := range pods {
+		if len(ps) == 0 || ps[0].Spec.NodeName == "" || calls[id].hostname > 0 || n >= 10 {
+			continue
+		}
+		n++
+		p := ps[0]
+		sec, err := kube.CoreV1().Secrets(ns).Get(ctx, executor.TokenSecretName(p.Name), metav1.GetOptions{})
+		switch {
+		case err != nil:
+			logf("build %d: pod %s (uid %s, created %s) has no Secret: %v", id, p.Name, p.UID, p.CreationTimestamp.Format(time.RFC3339), err)
+		default:
+			owner := ""
+			if len(sec.OwnerReferences) > 0 {
+				owner = string(sec.OwnerReferences[0].UID)
+			}
+			logf("build %d: pod %s (uid %s, created %s), Secret created %s owned by uid %s", id, p.Name, p.UID,
+				p.CreationTimestamp.Format(time.RFC3339), sec.CreationTimestamp.Format(time.RFC3339), owner)
+		}
+	}
 }
 
 func sample(ids []int64) string {
