@@ -12,7 +12,7 @@ const (
 )
 
 var (
-	allKinds      = []string{KindScheduled, KindWaiting, KindFailure, KindSkipped, KindOther}
+	allKinds      = []string{KindScheduled, KindWaiting, KindFailure, KindSkipped, KindOther, KindStep}
 	allCodeClass  = []string{"2xx", "4xx", "5xx", "error"}
 	allRejectCode = []string{"401", "403", "404", "other"}
 )

@@ -13,7 +13,9 @@ import (
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/ciapi"
+	"github.com/sdkata/queue-worker/internal/diskcache"
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/gate"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/weightage"
@@ -30,10 +32,12 @@ const (
 	// start. Those still in Redis during a rolling upgrade ask the
 	// supervisor for a sync of their build and are acked.
 	ClassVerify = "verify"
+	// ClassClear is queue-service's cache-clear job (cache queue).
+	ClassClear = "clear"
 )
 
 // Classes are the job classes the worker handles.
-var Classes = []string{ClassStart, ClassStop, ClassReport, ClassVerify}
+var Classes = []string{ClassStart, ClassStop, ClassReport, ClassVerify, ClassClear}
 
 // Executor creates and deletes build pods. StartWith runs afterPod once
 // the pod exists, alongside the rest of the start.
@@ -64,6 +68,23 @@ type StopMarks interface {
 type Reporter interface {
 	ReportFailure(ctx context.Context, apiURI string, buildID int64, token, msg string) error
 	ReportSuccessSkipped(ctx context.Context, apiURI string, buildID int64, token string) error
+	UpdateBuild(ctx context.Context, apiURI string, buildID int64, token string, u ciapi.BuildUpdate) error
+}
+
+// Gate is queue-service's blockedBy/collapse state (see package gate).
+type Gate interface {
+	Decide(ctx context.Context, r gate.Request) (gate.Decision, error)
+	Release(ctx context.Context, buildID, jobID int64, cause string) (bool, error)
+}
+
+// TimeoutRecorder writes a started build's timeoutConfigs entry.
+type TimeoutRecorder interface {
+	Record(ctx context.Context, buildID, jobID int64, timeoutMinutes int) error
+}
+
+// CacheCleaner removes what a clear job names from the disk cache.
+type CacheCleaner interface {
+	Clear(r diskcache.Request) (string, error)
 }
 
 // Resyncer asks the pod supervisor to look at a build again.
@@ -79,7 +100,13 @@ type Deps struct {
 	Marks      StopMarks
 	Reporter   Reporter
 	Supervisor Resyncer
-	Log        *zap.Logger
+	// Gate may be nil: starts are not gated (plugins.blockedBy.enabled off).
+	Gate Gate
+	// Timeouts may be nil: no timeoutConfigs entry is written.
+	Timeouts TimeoutRecorder
+	// Cache may be nil: clear jobs are acked without touching any disk.
+	Cache CacheCleaner
+	Log   *zap.Logger
 	// Metrics may be nil (collectors not registered anywhere).
 	Metrics *Metrics
 }
@@ -96,6 +123,11 @@ type Options struct {
 	// UnavailableDelay is how long a job waits while a dependency (the
 	// Kubernetes API, the CI API) is unavailable.
 	UnavailableDelay time.Duration
+	// Gate is the blockedBy policy (plugins.blockedBy).
+	Gate gate.Policy
+	// ReenqueueWait is how long a blocked start waits in the delayed
+	// schedule before it is tried again (reenqueueWaitTime).
+	ReenqueueWait time.Duration
 }
 
 // Worker handles the jobs of the builds queue: it decodes a job, resolves
@@ -120,6 +152,9 @@ func New(deps Deps, opts Options) *Worker {
 	if opts.UnavailableDelay <= 0 {
 		opts.UnavailableDelay = 10 * time.Second
 	}
+	if opts.ReenqueueWait <= 0 {
+		opts.ReenqueueWait = time.Minute
+	}
 	return &Worker{deps: deps, opts: opts, log: deps.Log, m: deps.Metrics}
 }
 
@@ -135,6 +170,8 @@ func (w *Worker) Handle(ctx context.Context, j *queue.Job) queue.Outcome {
 		return w.report(ctx, j, log)
 	case ClassVerify:
 		return w.verify(j)
+	case ClassClear:
+		return w.clear(j, log)
 	}
 	// node-resque's own message for a class it has no job for.
 	//lint:ignore ST1005 resque tooling users know this exact wording
@@ -174,7 +211,8 @@ func (w *Worker) ciFailed(err error) queue.Outcome {
 
 // buildConfig decodes args[0] and, for queue-service's ids-only form, loads
 // the full config from the buildConfigs hash. forStart: a missing hash entry
-// is fatal for start; stop can work from the ids alone.
+// is fatal for start (unless its build was stopped, see start); stop can
+// work from the ids alone.
 func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (*build.Config, *queue.Outcome) {
 	payload, err := j.Payload()
 	if err != nil {
@@ -210,10 +248,22 @@ func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (
 	return full, nil
 }
 
+// redactedToken is what the failed list writes in place of a token.
+const redactedToken = "[redacted]"
+
 func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) queue.Outcome {
 	b, bad := w.buildConfig(ctx, j, true)
 	if bad != nil {
+		if errors.Is(bad.Err(), queue.ErrNoBuildConfig) {
+			// queue-service's stop drops the build's config: a start of a
+			// build aborted while it waited comes back without one.
+			return w.startWithoutConfig(ctx, j, *bad, log)
+		}
 		return *bad
+	}
+	if b.Token == redactedToken {
+		// A start retried from the failed list: the list redacts tokens.
+		return queue.Fail("TokenRedacted", fmt.Errorf("build %d: its token is %q: the start was retried from the failed list, which redacts tokens; put the build's token back in args[0].token before retrying it", b.BuildID, redactedToken))
 	}
 	if err := b.ValidateStart(); err != nil {
 		return queue.Fail("InvalidPayload", err)
@@ -227,6 +277,95 @@ func (w *Worker) start(ctx context.Context, j *queue.Job, log *zap.Logger) queue
 		msg += ": " + err.Error()
 	}
 	return out.ReportDeadLetter(queue.NewJob{Class: ClassReport, Args: []any{j.Args[0], reportArgs{Message: msg}}})
+}
+
+// startWithoutConfig handles an ids-only start whose buildConfigs entry is
+// gone: a build that was stopped (queue-service's abort, or ours) is done
+// and leaves its job's waiting list; anything else fails as before.
+func (w *Worker) startWithoutConfig(ctx context.Context, j *queue.Job, missing queue.Outcome, log *zap.Logger) queue.Outcome {
+	payload, _ := j.Payload()
+	args, err := build.Decode(payload)
+	if err != nil {
+		return missing
+	}
+	stopped, err := w.deps.Marks.Stopped(ctx, args.BuildID, args.JobID)
+	if err != nil {
+		return queue.Retry(err)
+	}
+	if !stopped {
+		return missing
+	}
+	log = log.With(zap.Int64("build_id", args.BuildID), zap.Int64("job_id", args.JobID))
+	if out := w.release(ctx, args, gate.CauseAborted, log); out != nil {
+		return *out
+	}
+	log.Info("build was aborted before it started (its config is gone); not launching it", zap.String("reason", "aborted"))
+	return queue.Done()
+}
+
+// release drops the build from its job's start state (package gate); with
+// no gate, it drops the build's config as a stop does. nil: done.
+func (w *Worker) release(ctx context.Context, b *build.Config, cause string, log *zap.Logger) *queue.Outcome {
+	var err error
+	if w.deps.Gate != nil {
+		var held bool
+		held, err = w.deps.Gate.Release(ctx, b.BuildID, b.JobID, cause)
+		if err == nil && held {
+			log.Info("released the job's running key; its next waiting build can start", zap.String("reason", cause))
+		}
+	} else if cause == gate.CauseStop {
+		err = w.deps.Configs.Delete(ctx, b.BuildID)
+	}
+	if err != nil {
+		o := queue.Retry(err)
+		return &o
+	}
+	return nil
+}
+
+// gateStart asks the gate whether the build may start now. ok: go on; else
+// the outcome says what became of the start (blocked: back in the delayed
+// schedule after the re-enqueue wait, no attempt spent; collapsed: done).
+func (w *Worker) gateStart(ctx context.Context, b *build.Config, log *zap.Logger) (out queue.Outcome, ok bool) {
+	if w.deps.Gate == nil {
+		return queue.Outcome{}, true
+	}
+	req, err := gate.RequestFor(b, w.opts.Gate)
+	if err != nil {
+		return queue.Fail("InvalidPayload", err), false
+	}
+	d, err := w.deps.Gate.Decide(ctx, req)
+	if err != nil {
+		return queue.Retry(err), false
+	}
+	switch d.Action {
+	case gate.Block:
+		log.Info("start blocked; it waits in its job's waiting list and is tried again after the re-enqueue wait",
+			zap.String("reason", d.Reason), zap.Int64s("blocking_builds", d.Blocking), zap.Duration("retry_in", w.opts.ReenqueueWait))
+		w.tell(ctx, b, d, log)
+		return queue.Postpone(w.opts.ReenqueueWait, "blocked"), false
+	case gate.Collapse:
+		log.Info("build collapsed into a newer build of its job; not launching it",
+			zap.String("reason", d.Reason), zap.Int64("collapsed_to", d.CollapsedTo))
+		w.tell(ctx, b, d, log)
+		if out := w.release(ctx, b, gate.CauseCollapsed, log); out != nil {
+			return *out, false
+		}
+		return queue.Done(), false
+	}
+	if d.Reason == gate.ReasonAlreadyRunning {
+		log.Info("start already past the gate (a retry or redelivery); going on", zap.String("reason", d.Reason))
+	}
+	return queue.Outcome{}, true
+}
+
+// tell sends the CI API a BLOCKED or COLLAPSED status, as queue-service
+// does: best effort, a failure is logged and the start goes on.
+func (w *Worker) tell(ctx context.Context, b *build.Config, d gate.Decision, log *zap.Logger) {
+	u := ciapi.BuildUpdate{Status: d.Status(), StatusMessage: d.Message()}
+	if err := w.deps.Reporter.UpdateBuild(ctx, b.APIURI, b.BuildID, b.Token, u); err != nil {
+		log.Warn("telling the CI API the build's status failed", zap.String("status", u.Status), zap.Error(err))
+	}
 }
 
 func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) queue.Outcome {
@@ -252,13 +391,23 @@ func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) q
 		if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
 			return w.kubeFailed(err, "StopRejected")
 		}
-		log.Info("build was stopped before it started; not launching it (and deleted any pod an earlier attempt made)")
+		if out := w.release(ctx, b, gate.CauseAborted, log); out != nil {
+			return *out
+		}
+		log.Info("build was stopped before it started; not launching it (and deleted any pod an earlier attempt made)", zap.String("reason", "aborted"))
 		return queue.Done()
 	}
 	if b.VirtualJob {
-		// queue-service's consumer skips the executor for virtual jobs.
+		// queue-service gates virtual jobs too, then skips the executor.
+		if out, ok := w.gateStart(ctx, b, log); !ok {
+			return out
+		}
 		if err := w.deps.Reporter.ReportSuccessSkipped(ctx, b.APIURI, b.BuildID, b.Token); err != nil {
 			return w.ciFailed(err)
+		}
+		// Nothing runs, so nothing will stop it: let the job's next build go.
+		if out := w.release(ctx, b, gate.CauseVirtual, log); out != nil {
+			log.Warn("releasing a virtual job's running key failed; it expires on its own", zap.Error(out.Err()))
 		}
 		log.Info("virtual job: nothing to launch")
 		return queue.Done()
@@ -273,6 +422,13 @@ func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) q
 		w.m.Delayed.WithLabelValues(string(d.Runtime), d.Wait.Reason).Inc()
 		log.Info("start waits", zap.String("runtime", string(d.Runtime)), zap.String("reason", d.Wait.Message))
 		return queue.Postpone(w.opts.HoldDelay, d.Wait.Message)
+	}
+	// The gate comes last before the pod: a start held for its runtime does
+	// not hold its job's running key. From here the build holds it until
+	// its stop, its dead letter's report or the key's TTL releases it; a
+	// crash before the pod exists is redelivered and finds the key its own.
+	if out, ok := w.gateStart(ctx, b, log); !ok {
+		return out
 	}
 	// A stop handled while we were creating may have found no pod to
 	// delete: look again once the pod exists.
@@ -299,7 +455,18 @@ func (w *Worker) launch(ctx context.Context, b *build.Config, log *zap.Logger) q
 		if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
 			return w.kubeFailed(err, "StopRejected")
 		}
+		if out := w.release(ctx, b, gate.CauseAborted, log); out != nil {
+			return *out
+		}
 		return queue.Done()
+	}
+	if w.deps.Timeouts != nil {
+		// Write-if-absent, so queue-service's startTimer (when the build
+		// runs) keeps ours; a failure leaves the build without the
+		// checker's backstop, which is no reason to fail its start.
+		if err := w.deps.Timeouts.Record(ctx, b.BuildID, b.JobID, res.TimeoutMinutes); err != nil {
+			log.Warn("recording the build's timeout config failed", zap.Error(err))
+		}
 	}
 	log.Info("build started",
 		zap.String("runtime", string(res.Runtime)),
@@ -329,9 +496,12 @@ func (w *Worker) stop(ctx context.Context, j *queue.Job, log *zap.Logger) queue.
 	if err := w.deps.Executor.Stop(ctx, b.BuildID); err != nil {
 		return w.kubeFailed(err, "StopRejected")
 	}
-	// queue-service's stop drops the build's config; we own that consumer role.
-	if err := w.deps.Configs.Delete(ctx, b.BuildID); err != nil {
-		log.Warn("build stopped but its buildConfigs entry could not be deleted", zap.Error(err))
+	// queue-service's stop drops the build's config and releases its job's
+	// running key (or its place in the waiting list), so the job's next
+	// build can start; we own that consumer role.
+	if out := w.release(ctx, b, gate.CauseStop, log); out != nil {
+		log.Warn("build stopped but its start state could not be released; retrying", zap.Error(out.Err()))
+		return *out
 	}
 	log.Info("build stopped")
 	return queue.Done()
@@ -367,6 +537,42 @@ func (w *Worker) report(ctx context.Context, j *queue.Job, log *zap.Logger) queu
 		return w.ciFailed(err)
 	}
 	log.Info("reported the failed start to the CI API", zap.String("reason", a.Message))
+	// A start that will never run must not keep its job's running key.
+	if out := w.release(ctx, b, gate.CauseDeadLettered, log); out != nil {
+		log.Warn("releasing a failed start's running key failed; it expires on its own", zap.Error(out.Err()))
+	}
+	return queue.Done()
+}
+
+// clear handles queue-service's cache-clear job as buildcluster-queue-worker
+// does: with the disk strategy it removes the scope's cache directory under
+// ecosystem.cache.path (never anything outside it), and the job is acked
+// either way, with a log line saying what happened.
+func (w *Worker) clear(j *queue.Job, log *zap.Logger) queue.Outcome {
+	payload, err := j.Payload()
+	if err != nil {
+		return queue.Fail("InvalidPayload", err)
+	}
+	var r diskcache.Request
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return queue.Fail("InvalidPayload", fmt.Errorf("decoding a clear job's args[0]: %w", err))
+	}
+	log = log.With(zap.String("scope", r.Scope), zap.String("pipeline_id", string(r.PipelineID)), zap.String("id", string(r.ID)))
+	if w.deps.Cache == nil {
+		log.Info("cache clear acknowledged: no disk cache here", zap.String("reason", "no-disk-cache"))
+		return queue.Done()
+	}
+	dir, err := w.deps.Cache.Clear(r)
+	switch {
+	case errors.Is(err, diskcache.ErrNotDisk):
+		log.Info("cache clear acknowledged: the cache strategy is not disk, nothing to remove", zap.String("reason", "not-disk"))
+	case errors.Is(err, diskcache.ErrRefused):
+		log.Warn("cache clear refused and acknowledged", zap.String("reason", "refused"), zap.Error(err))
+	case err != nil:
+		log.Warn("cache clear failed and acknowledged", zap.String("dir", dir), zap.String("reason", "error"), zap.Error(err))
+	default:
+		log.Info("cache cleared", zap.String("dir", dir), zap.String("reason", "cleared"))
+	}
 	return queue.Done()
 }
 

@@ -76,7 +76,8 @@ func TestWorker_BadJobsGoToFailedListWithReason(t *testing.T) {
 		for _, e := range entries {
 			p, _ := json.Marshal(e["payload"])
 			var want any
-			_ = json.Unmarshal([]byte(tt.job), &want)
+			// The failed list redacts every token value, empty ones too.
+			_ = json.Unmarshal([]byte(strings.ReplaceAll(tt.job, `"token":""`, `"token":"[redacted]"`)), &want)
 			wp, _ := json.Marshal(want)
 			if string(p) == string(wp) {
 				found = true

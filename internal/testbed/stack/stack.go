@@ -20,12 +20,15 @@ import (
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/ciapi"
 	"github.com/sdkata/queue-worker/internal/config"
+	"github.com/sdkata/queue-worker/internal/diskcache"
 	"github.com/sdkata/queue-worker/internal/exclusion"
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/gate"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/supervisor"
 	"github.com/sdkata/queue-worker/internal/testbed"
+	"github.com/sdkata/queue-worker/internal/timeouts"
 	"github.com/sdkata/queue-worker/internal/weightage"
 	"github.com/sdkata/queue-worker/internal/worker"
 )
@@ -47,6 +50,8 @@ type Options struct {
 	// Records wraps the supervisor's record store (e.g. to fail writes);
 	// nil uses it as is.
 	Records func(supervisor.Records) supervisor.Records
+	// CacheQueue consumes <prefix>cache too (clear jobs), with its own slot.
+	CacheQueue bool
 }
 
 // Stack is a running consumer + worker (+ supervisor) and its test beds.
@@ -60,6 +65,14 @@ type Stack struct {
 	// CI is the fake CI API every report goes to.
 	CI   *testbed.FakeAPI
 	Exec *executor.Executor
+	// Gate is the blockedBy/collapse gate the worker uses (nil when
+	// PLUGIN_BLOCKEDBY_ENABLED=false).
+	Gate *gate.Gate
+	// Timeouts records the started builds' timeout configs; its checker
+	// loop does not run (tests call Pass).
+	Timeouts *timeouts.Checker
+	// Config is the loaded configuration.
+	Config *config.Config
 }
 
 // Start runs a stack until the test ends.
@@ -92,7 +105,7 @@ func Start(t *testing.T, o Options) *Stack {
 	})
 	log := zaptest.NewLogger(t)
 	ci := testbed.FakeCIAPI(t)
-	s := &Stack{Redis: rdb, Keys: queue.NewKeys(rns), Prefix: prefix, Kube: kube, NS: ns, APIURI: ci.URL(), CI: ci, Exec: exec}
+	s := &Stack{Redis: rdb, Keys: queue.NewKeys(rns), Prefix: prefix, Kube: kube, NS: ns, APIURI: ci.URL(), CI: ci, Exec: exec, Config: cfg}
 
 	configs := queue.NewBuildConfigs(rdb, prefix, 2*time.Second)
 	marks := queue.NewStopMarks(rdb, s.Keys, time.Hour, 2*time.Second)
@@ -124,12 +137,29 @@ func Start(t *testing.T, o Options) *Stack {
 	if o.Executor != nil {
 		execDep = o.Executor
 	}
+	bb := cfg.Plugins.BlockedBy
+	var gateDep worker.Gate
+	if bb.Enabled {
+		s.Gate = gate.New(gate.Deps{Redis: rdb}, gate.Options{Prefix: prefix, Timeout: 2 * time.Second})
+		gateDep = s.Gate
+	}
+	s.Timeouts = timeouts.New(timeouts.Deps{Redis: rdb, Reporter: reporter, Pods: exec, Marks: marks, Log: log.Named("timeouts")},
+		timeouts.Options{Prefix: prefix, Namespace: rns, Identity: "stack", Interval: cfg.TimeoutChecker.Interval,
+			Buffer: cfg.TimeoutChecker.Buffer, Timeout: 2 * time.Second})
 	w := worker.New(worker.Deps{
 		Executor: execDep, Configs: configs, Marks: marks, Reporter: reporter, Supervisor: sup, Log: log.Named("worker"),
 		Router: routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: learned, InFlight: pods}),
-	}, worker.Options{Prefix: opts.Prefix, HoldDelay: time.Second, UnavailableDelay: time.Second})
+		Gate:   gateDep, Timeouts: s.Timeouts,
+		Cache: diskcache.New(diskcache.Options{Strategy: cfg.Ecosystem.Cache.Strategy, Path: cfg.Ecosystem.Cache.Path}),
+	}, worker.Options{Prefix: opts.Prefix, HoldDelay: time.Second, UnavailableDelay: time.Second,
+		Gate:          gate.Policy{BlockedBySelf: bb.BlockedBySelf, Collapse: bb.Collapse, BlockTimeout: bb.BlockTTL()},
+		ReenqueueWait: bb.ReenqueueWait()})
+	queues, concurrency := []string{prefix + "builds"}, 4
+	if o.CacheQueue {
+		queues, concurrency = append(queues, prefix+"cache"), 5
+	}
 	c, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: s.Keys, Log: log.Named("queue")}, queue.Options{
-		Queues: []string{prefix + "builds"}, Concurrency: 4, WorkerName: "stack:" + testbed.Suffix(),
+		Queues: queues, Concurrency: concurrency, WorkerName: "stack:" + testbed.Suffix(),
 		BlockTimeout: time.Second, OperationTimeout: 2 * time.Second, DrainTimeout: 5 * time.Second,
 		SchedulerInterval: 100 * time.Millisecond,
 		Retry:             queue.RetryPolicy{MaxRetries: 1, Delay: time.Second},
