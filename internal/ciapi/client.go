@@ -200,6 +200,59 @@ func (c *Client) ReportSuccessSkipped(ctx context.Context, apiURI string, buildI
 	return c.update(ctx, KindSkipped, apiURI, buildID, token, u)
 }
 
+// Build is what the CI API holds of a build, as far as the daemon's own
+// updates go: enough to tell whether an update already arrived.
+type Build struct {
+	Status        string `json:"status"`
+	StatusMessage string `json:"statusMessage"`
+	Stats         Stats  `json:"stats"`
+}
+
+// GetBuild reads the build (GET <apiURI>/v4/builds/<buildID>, with the
+// build token, which may read its own build). One attempt, through the
+// breaker: it only decides whether an update must be sent again, and an
+// error means "send it".
+func (c *Client) GetBuild(ctx context.Context, apiURI string, buildID int64, token string) (*Build, error) {
+	target, err := c.target(KindRead, apiURI, buildID)
+	if err != nil {
+		return nil, fmt.Errorf("reading build %d: %w", buildID, err)
+	}
+	var raw []byte
+	err = c.breaker.Execute(ctx, func() error {
+		start := time.Now()
+		code, body, _, err := c.send(ctx, http.MethodGet, target.String(), token, nil)
+		c.m.Duration.WithLabelValues(KindRead).Observe(time.Since(start).Seconds())
+		c.m.Requests.WithLabelValues(KindRead, codeClass(code)).Inc()
+		raw = body
+		if err != nil && code == 0 && ctx.Err() != nil {
+			return &callerGone{err}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading build %d at %s: %w", buildID, target.Host, err)
+	}
+	var b Build
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return nil, fmt.Errorf("reading build %d at %s: decoding: %w", buildID, target.Host, err)
+	}
+	return &b, nil
+}
+
+// target is the build's URL on a trusted CI API (see Options.DefaultAPI).
+func (c *Client) target(kind, apiURI string, buildID int64) (*url.URL, error) {
+	if c.defaultAPI != "" && !c.trusted[origin(apiURI)] {
+		// The build's apiUri comes from Redis; its token goes only where the
+		// operator's config says the CI API is.
+		c.log.Warn("build apiUri is not a trusted CI API; using ecosystem.api instead",
+			zap.Int64("build_id", buildID), zap.String("kind", kind), zap.String("api_uri", redactURL(apiURI)),
+			zap.String("api", redactURL(c.defaultAPI)))
+		c.m.Untrusted.Inc()
+		apiURI = c.defaultAPI
+	}
+	return buildURL(apiURI, buildID)
+}
+
 // UpdateBuild sends PUT <apiURI>/v4/builds/<buildID> with u as its body and
 // the build token as bearer. It retries transport errors, timeouts, 5xx and
 // 429 up to MaxAttempts, and returns:
@@ -214,16 +267,7 @@ func (c *Client) UpdateBuild(ctx context.Context, apiURI string, buildID int64, 
 }
 
 func (c *Client) update(ctx context.Context, kind, apiURI string, buildID int64, token string, u BuildUpdate) error {
-	if c.defaultAPI != "" && !c.trusted[origin(apiURI)] {
-		// The build's apiUri comes from Redis; its token goes only where the
-		// operator's config says the CI API is.
-		c.log.Warn("build apiUri is not a trusted CI API; sending the update to ecosystem.api instead",
-			zap.Int64("build_id", buildID), zap.String("kind", kind), zap.String("api_uri", redactURL(apiURI)),
-			zap.String("api", redactURL(c.defaultAPI)))
-		c.m.Untrusted.Inc()
-		apiURI = c.defaultAPI
-	}
-	target, err := buildURL(apiURI, buildID)
+	target, err := c.target(kind, apiURI, buildID)
 	if err != nil {
 		return fmt.Errorf("updating build %d (%s): %w", buildID, kind, err)
 	}
@@ -299,7 +343,7 @@ func (c *Client) attempt(ctx context.Context, kind, target, token string, body [
 	var retryAfter time.Duration
 	err := c.breaker.Execute(ctx, func() error {
 		start := time.Now()
-		code, ra, err := c.send(ctx, target, token, body)
+		code, _, ra, err := c.send(ctx, http.MethodPut, target, token, body)
 		c.m.Duration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 		c.m.Requests.WithLabelValues(kind, codeClass(code)).Inc()
 		retryAfter = ra
@@ -312,32 +356,43 @@ func (c *Client) attempt(ctx context.Context, kind, target, token string, body [
 	return retryAfter, err
 }
 
-// send does one HTTP exchange; code 0 means no answer.
-func (c *Client) send(ctx context.Context, target, token string, body []byte) (int, time.Duration, error) {
+// send does one HTTP exchange; code 0 means no answer. It returns the
+// response body of a 2xx answer.
+func (c *Client) send(ctx context.Context, method, target, token string, body []byte) (int, []byte, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, target, bytes.NewReader(body))
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, rd)
 	if err != nil {
-		return 0, 0, &inputError{fmt.Sprintf("building request: %v", err)}
+		return 0, nil, 0, &inputError{fmt.Sprintf("building request: %v", err)}
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, 0, fmt.Errorf("sending request: %w", err)
+		return 0, nil, 0, fmt.Errorf("sending request: %w", err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseRead))
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		// The update is applied even if reading the rest of the body failed.
-		return resp.StatusCode, 0, nil
+		// An update is applied even if reading the rest of the body failed;
+		// a read needs the body.
+		if err != nil && method == http.MethodGet {
+			return resp.StatusCode, nil, 0, fmt.Errorf("reading the response: %w", err)
+		}
+		return resp.StatusCode, raw, 0, nil
 	}
 	if err != nil {
 		raw = append(raw, "…(unreadable)"...)
 	}
 	se := &StatusError{Code: resp.StatusCode, Body: cleanBody(raw, token)}
-	return resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()), se
+	return resp.StatusCode, nil, parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()), se
 }
 
 // callerGone marks a failed attempt whose context the caller cancelled.

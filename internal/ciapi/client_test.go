@@ -599,3 +599,25 @@ func TestUntrustedAPIURIIsReplacedByTheConfiguredAPI(t *testing.T) {
 		})
 	}
 }
+
+// GetBuild reads back what the API holds, with the build token; an
+// unreachable API is an error (the caller then sends the update again).
+func TestGetBuildReadsWhatTheAPIHolds(t *testing.T) {
+	f := newFixture(t, fast())
+	ctx := context.Background()
+	if err := f.c.ReportScheduled(ctx, f.api.URL(), buildID, token, "node-7", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.c.GetBuild(ctx, f.api.URL(), buildID, token)
+	if err != nil || b.Stats.Hostname != "node-7" || b.Status != "QUEUED" {
+		t.Fatalf("GetBuild = %+v, %v", b, err)
+	}
+	reqs := f.api.Requests()
+	if last := reqs[len(reqs)-1]; last.Method != http.MethodGet || last.Auth != "Bearer "+token {
+		t.Fatalf("read sent as %s with auth %q", last.Method, last.Auth)
+	}
+	f.api.Down()
+	if _, err := f.c.GetBuild(ctx, f.api.URL(), buildID, token); err == nil {
+		t.Fatal("a read from an API that is down succeeded")
+	}
+}

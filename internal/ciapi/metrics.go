@@ -5,14 +5,17 @@ import "github.com/prometheus/client_golang/prometheus"
 // Request kinds: the kind label of the request metrics.
 const (
 	KindScheduled = "scheduled"
-	KindWaiting   = "waiting"
-	KindFailure   = "failure"
-	KindSkipped   = "skipped"
-	KindOther     = "other"
+	// KindRead is a GET of the build: what the API already has, read
+	// before repeating an update an earlier attempt may have delivered.
+	KindRead    = "read"
+	KindWaiting = "waiting"
+	KindFailure = "failure"
+	KindSkipped = "skipped"
+	KindOther   = "other"
 )
 
 var (
-	allKinds      = []string{KindScheduled, KindWaiting, KindFailure, KindSkipped, KindOther, KindStep}
+	allKinds      = []string{KindScheduled, KindWaiting, KindFailure, KindSkipped, KindOther, KindStep, KindRead}
 	allCodeClass  = []string{"2xx", "4xx", "5xx", "error"}
 	allRejectCode = []string{"401", "403", "404", "other"}
 )

@@ -35,6 +35,7 @@ type Reporter interface {
 	ReportScheduled(ctx context.Context, apiURI string, buildID int64, token, node string, at time.Time) error
 	ReportWaiting(ctx context.Context, apiURI string, buildID int64, token, msg string) error
 	ReportFailure(ctx context.Context, apiURI string, buildID int64, token, msg string) error
+	GetBuild(ctx context.Context, apiURI string, buildID int64, token string) (*ciapi.Build, error)
 }
 
 // Learner counts images that failed on Kata and learns them as excluded
@@ -426,17 +427,29 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 	v := st.verdict
 	switch st.kind {
 	case stepReportNode:
-		return s.report(ctx, st.pod, func(ctx context.Context, api string, id int64, tok string) error {
-			return s.deps.Reporter.ReportScheduled(ctx, api, id, tok, v.Node, time.Now())
+		return s.report(ctx, st.pod, update{
+			intent: AnnotationReportingNode, value: v.Node,
+			send: func(ctx context.Context, api string, id int64, tok string) error {
+				return s.deps.Reporter.ReportScheduled(ctx, api, id, tok, v.Node, time.Now())
+			},
+			arrived: func(b *ciapi.Build) bool { return b.Stats.Hostname == v.Node },
 		}, log.With(zap.String("node", v.Node)), "reported the build's node")
 	case stepReportWaiting:
-		return s.report(ctx, st.pod, func(ctx context.Context, api string, id int64, tok string) error {
-			return s.deps.Reporter.ReportWaiting(ctx, api, id, tok, ciapi.MsgWaiting)
+		return s.report(ctx, st.pod, update{
+			intent: AnnotationReportingWaiting, value: string(v.State),
+			send: func(ctx context.Context, api string, id int64, tok string) error {
+				return s.deps.Reporter.ReportWaiting(ctx, api, id, tok, ciapi.MsgWaiting)
+			},
+			arrived: func(b *ciapi.Build) bool { return b.StatusMessage == ciapi.MsgWaiting },
 		}, log.With(zap.String("reason", v.Message)), "reported the build as waiting")
 	case stepReportFailure:
 		s.m.observeStart(runtimeOf(st.pod), v, st.pod)
-		return s.report(ctx, st.pod, func(ctx context.Context, api string, id int64, tok string) error {
-			return s.deps.Reporter.ReportFailure(ctx, api, id, tok, v.Message)
+		return s.report(ctx, st.pod, update{
+			intent: AnnotationReportingFailure, value: outcomeFailed,
+			send: func(ctx context.Context, api string, id int64, tok string) error {
+				return s.deps.Reporter.ReportFailure(ctx, api, id, tok, v.Message)
+			},
+			arrived: func(b *ciapi.Build) bool { return b.Status == ciapi.StatusFailure },
 		}, log.With(zap.String("class", string(v.Class)), zap.String("reason", v.Reason), zap.String("message", v.Message)),
 			"build failed to start; reported FAILURE")
 	case stepFinish:
@@ -457,14 +470,31 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 // An unavailable API is an error (the build is retried with backoff); a
 // rejected update (401/403/404) is logged and counted done, since no retry
 // can make it pass.
-func (s *Supervisor) report(ctx context.Context, pod *corev1.Pod, call func(ctx context.Context, api string, id int64, tok string) error, log *zap.Logger, done string) error {
+// update is one CI API update of a pod's build, sent at most once per
+// crash: intent (with value) is recorded before the update goes out; a sync
+// that finds the intent without the done record (a leader died while the
+// update was in flight, or it failed) reads the build first and sends the
+// update only if it has not arrived.
+type update struct {
+	intent, value string
+	send          func(ctx context.Context, api string, id int64, tok string) error
+	arrived       func(*ciapi.Build) bool
+}
+
+func (s *Supervisor) report(ctx context.Context, pod *corev1.Pod, u update, log *zap.Logger, done string) error {
 	rec, err := s.buildRecord(ctx, pod)
 	switch {
 	case apierrors.IsNotFound(err) && time.Since(pod.CreationTimestamp.Time) < tokenSecretGrace:
 		return &notYet{after: 250 * time.Millisecond, why: "the pod's Secret does not exist yet"}
+	case apierrors.IsNotFound(err) && u.intent != AnnotationReportingFailure:
+		// The start that made the pod has not made its Secret yet: it was
+		// interrupted between the two and waits its turn in the queue (after
+		// an apiserver outage that can be minutes). Its update waits too.
+		return &notYet{after: 30 * time.Second, why: "the pod's Secret does not exist yet: its start has not finished"}
 	case apierrors.IsNotFound(err):
-		// No Secret, no token: nothing can be reported for this pod.
-		log.Error("the pod's Secret is gone; cannot report to the CI API", zap.Error(err))
+		// A pod that failed without ever getting its Secret: no token to
+		// report with (its start job's own dead-letter report tells the CI).
+		log.Error("the pod's Secret does not exist; cannot report its failure to the CI API", zap.Error(err))
 		return nil
 	case err != nil:
 		return err
@@ -475,7 +505,17 @@ func (s *Supervisor) report(ctx context.Context, pod *corev1.Pod, call func(ctx 
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.opts.ReportTimeout)
 	defer cancel()
-	err = call(rctx, api, rec.BuildID, rec.Token)
+	if pod.Annotations[u.intent] == u.value {
+		// It may have arrived: a read is cheaper than a duplicate. A read
+		// that fails says nothing, and the update goes out again.
+		if b, err := s.deps.Reporter.GetBuild(rctx, api, rec.BuildID, rec.Token); err == nil && u.arrived(b) {
+			log.Info(done + " (an earlier attempt had delivered it)")
+			return nil
+		}
+	} else if err := s.deps.Records.Add(ctx, pod.UID, map[string]string{u.intent: u.value}); err != nil {
+		return fmt.Errorf("recording the intent to report build %d: %w", rec.BuildID, err)
+	}
+	err = u.send(rctx, api, rec.BuildID, rec.Token)
 	switch {
 	case err == nil:
 		log.Info(done)

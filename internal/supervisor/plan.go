@@ -21,6 +21,13 @@ const (
 	AnnotationReportedNode = annotationPrefix + "reported-node"
 	// AnnotationReportedWaiting is the waiting state last reported.
 	AnnotationReportedWaiting = annotationPrefix + "reported-waiting"
+	// AnnotationReportingNode, AnnotationReportingWaiting and
+	// AnnotationReportingFailure record that an update was about to be sent
+	// (see Supervisor.report): without its done record, the next sync reads
+	// the build before sending it again.
+	AnnotationReportingNode    = annotationPrefix + "reporting-node"
+	AnnotationReportingWaiting = annotationPrefix + "reporting-waiting"
+	AnnotationReportingFailure = annotationPrefix + "reporting-failure"
 	// AnnotationOutcome ends supervision of a pod that failed: FAILURE was
 	// reported (outcome "failed"). A pod that ran past the early-exit window
 	// needs no record: that it did is in its status, and from then on its

@@ -359,3 +359,45 @@ func TestSupervisor_FailedRecordWriteDoesNotRepeatTheReport(t *testing.T) {
 		t.Fatalf("node reported %d times (want 1) with %d failed writes left", n, fw.left.Load())
 	}
 }
+
+// lostAnswer delivers the first node report and then fails it, as a leader
+// killed while the update was in flight (or a lost answer) would look.
+type lostAnswer struct {
+	supervisor.Reporter
+	lost atomic.Bool
+}
+
+func (l *lostAnswer) ReportScheduled(ctx context.Context, api string, id int64, tok, node string, at time.Time) error {
+	err := l.Reporter.ReportScheduled(ctx, api, id, tok, node, at)
+	if err == nil && l.lost.CompareAndSwap(false, true) {
+		return errors.New("connection reset by peer (test: the answer was lost)")
+	}
+	return err
+}
+
+// An update whose answer was lost is not sent again: the intent recorded
+// before it makes the next sync read the build, which already has it.
+func TestSupervisor_UpdateInFlightWhenItFailedIsNotSentTwice(t *testing.T) {
+	b := stack.Start(t, stack.Options{Env: map[string]string{"WEIGHT_K8S": "100"}, Supervise: true,
+		Reporter: func(r supervisor.Reporter) supervisor.Reporter { return &lostAnswer{Reporter: r} }})
+	const id = 7600
+	b.EnqueueStart(t, id, "node:18", nil)
+	p := b.WaitPod(t, id)
+	testbed.Eventually(t, 30*time.Second, "the report recorded as done", func() bool {
+		node, _ := b.Redis.HGet(context.Background(), b.Keys.Namespace()+":qw:supervision:"+string(p.UID), supervisor.AnnotationReportedNode).Result()
+		return node != ""
+	})
+	time.Sleep(time.Second)
+	puts, gets := 0, 0
+	for _, r := range b.CI.RequestsFor(id) {
+		switch {
+		case r.Method == "GET":
+			gets++
+		case r.Body["stats"] != nil:
+			puts++
+		}
+	}
+	if puts != 1 || gets != 1 {
+		t.Fatalf("node sent %d times and read %d times, want 1 and 1", puts, gets)
+	}
+}

@@ -63,6 +63,9 @@ type FakeAPI struct {
 	down    bool
 	global  ciRules
 	perID   map[int64]*ciRules
+	// builds is each build as the API holds it: the fields of every
+	// answered PUT merged (stats merged key by key); a GET returns it.
+	builds map[int64]map[string]any
 }
 
 // FakeCIAPI starts a plain-HTTP fake CI API, closed when t ends.
@@ -90,7 +93,7 @@ func FakeCIAPITLS(t testing.TB) *FakeAPI {
 }
 
 func newFakeAPI() *FakeAPI {
-	return &FakeAPI{changed: make(chan struct{}), perID: map[int64]*ciRules{}}
+	return &FakeAPI{changed: make(chan struct{}), perID: map[int64]*ciRules{}, builds: map[int64]map[string]any{}}
 }
 
 // URL is the base URI (no trailing slash) to use as apiUri.
@@ -223,7 +226,7 @@ func (f *FakeAPI) setDown(d bool) {
 func (f *FakeAPI) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.reqs, f.down, f.global, f.perID = nil, false, ciRules{}, map[int64]*ciRules{}
+	f.reqs, f.down, f.global, f.perID, f.builds = nil, false, ciRules{}, map[int64]*ciRules{}, map[int64]map[string]any{}
 }
 
 func steady(r CIResponse) *CIResponse {
@@ -297,6 +300,15 @@ func (f *FakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 	resp, answer := f.pickLocked(req.BuildID)
 	if answer {
 		req.Status = resp.Code
+		if resp.Code/100 == 2 && resp.Body == "" && req.BuildID != 0 {
+			switch r.Method {
+			case http.MethodPut:
+				f.applyLocked(req.BuildID, req.Body)
+			case http.MethodGet:
+				b, _ := json.Marshal(f.buildLocked(req.BuildID))
+				resp.Body = string(b)
+			}
+		}
 	}
 	f.reqs = append(f.reqs, req)
 	close(f.changed)
@@ -342,4 +354,31 @@ func drop(w http.ResponseWriter) {
 		panic(http.ErrAbortHandler)
 	}
 	_ = conn.Close()
+}
+
+// applyLocked merges an answered update into the build's state.
+func (f *FakeAPI) applyLocked(id int64, body map[string]any) {
+	b := f.buildLocked(id)
+	for k, v := range body {
+		if m, ok := v.(map[string]any); ok {
+			old, _ := b[k].(map[string]any)
+			if old == nil {
+				old = map[string]any{}
+			}
+			for mk, mv := range m {
+				old[mk] = mv
+			}
+			v = old
+		}
+		b[k] = v
+	}
+}
+
+func (f *FakeAPI) buildLocked(id int64) map[string]any {
+	b := f.builds[id]
+	if b == nil {
+		b = map[string]any{"id": id, "status": "QUEUED"}
+		f.builds[id] = b
+	}
+	return b
 }

@@ -52,6 +52,9 @@ type Options struct {
 	Records func(supervisor.Records) supervisor.Records
 	// CacheQueue consumes <prefix>cache too (clear jobs), with its own slot.
 	CacheQueue bool
+	// Reporter wraps the supervisor's CI API client (e.g. to lose an
+	// answer); nil uses it as is.
+	Reporter func(supervisor.Reporter) supervisor.Reporter
 }
 
 // Stack is a running consumer + worker (+ supervisor) and its test beds.
@@ -117,6 +120,10 @@ func Start(t *testing.T, o Options) *Stack {
 	if o.Records != nil {
 		records = o.Records(records)
 	}
+	var supReporter supervisor.Reporter = reporter
+	if o.Reporter != nil {
+		supReporter = o.Reporter(reporter)
+	}
 	pods := supervisor.NewCache(kube, ns, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := pods.Start(ctx, 10*time.Second); err != nil {
@@ -124,7 +131,7 @@ func Start(t *testing.T, o Options) *Stack {
 		t.Fatal(err)
 	}
 	sup := supervisor.New(supervisor.Deps{
-		Client: kube, Cache: pods, Records: records, Pods: exec, Reporter: reporter,
+		Client: kube, Cache: pods, Records: records, Pods: exec, Reporter: supReporter,
 		Learner: learned, Marks: marks, Configs: configs,
 		Rules: holder, Log: log.Named("supervisor"),
 	}, supervisor.Options{
