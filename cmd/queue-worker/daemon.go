@@ -8,12 +8,14 @@ import (
 	"net/http/pprof"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -23,13 +25,16 @@ import (
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/ciapi"
 	"github.com/sdkata/queue-worker/internal/config"
+	"github.com/sdkata/queue-worker/internal/diskcache"
 	"github.com/sdkata/queue-worker/internal/exclusion"
 	"github.com/sdkata/queue-worker/internal/executor"
+	"github.com/sdkata/queue-worker/internal/gate"
 	"github.com/sdkata/queue-worker/internal/httpserver"
 	"github.com/sdkata/queue-worker/internal/logging"
 	"github.com/sdkata/queue-worker/internal/queue"
 	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/supervisor"
+	"github.com/sdkata/queue-worker/internal/timeouts"
 	"github.com/sdkata/queue-worker/internal/weightage"
 	"github.com/sdkata/queue-worker/internal/worker"
 )
@@ -150,14 +155,20 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	}, supOpts)
 
 	decider := routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: learned, InFlight: pods})
+	startGate, checker, cleaner := queueServiceRoles(cfg, rdb, exec, ci, marks, identity, reg, log)
+	bb := cfg.Plugins.BlockedBy
 	w := worker.New(worker.Deps{
 		Executor: exec, Configs: configs, Router: decider, Marks: marks, Reporter: ci, Supervisor: sup,
+		Gate: startGate, Timeouts: checker, Cache: cleaner,
 		Log: log.Named("worker"), Metrics: worker.NewMetrics(reg),
-	}, worker.Options{Prefix: cfg.Executor.K8s.Options.Prefix})
+	}, worker.Options{Prefix: cfg.Executor.K8s.Options.Prefix,
+		Gate:          gate.Policy{BlockedBySelf: bb.BlockedBySelf, Collapse: bb.Collapse, BlockTimeout: bb.BlockTTL()},
+		ReenqueueWait: bb.ReenqueueWait()})
+	queues, concurrency := withCacheQueue(cfg, queues)
 
 	consumer, err := queue.NewConsumer(queue.Deps{Redis: rdb, Keys: keys, Log: log.Named("queue"), Metrics: queue.NewMetrics(reg)}, queue.Options{
 		Queues:            queues,
-		Concurrency:       cfg.Worker.Concurrency,
+		Concurrency:       concurrency,
 		WorkerName:        identity,
 		BlockTimeout:      cfg.Queue.BlockTimeout,
 		OperationTimeout:  cfg.Queue.OperationTimeout,
@@ -226,6 +237,13 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	// releases its Lease at once so another replica takes over.
 	supDone := make(chan error, 1)
 	go func() { supDone <- sup.Run(runCtx) }()
+	checkerDone := make(chan struct{})
+	go func() {
+		defer close(checkerDone)
+		if c, ok := checker.(*timeouts.Checker); ok && c != nil && cfg.TimeoutChecker.Enabled {
+			c.Run(runCtx)
+		}
+	}()
 	httpDone := make(chan struct{})
 	go func() {
 		defer close(httpDone)
@@ -241,6 +259,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	if err := <-supDone; err != nil && runErr == nil {
 		runErr = err
 	}
+	<-checkerDone
 	// Health and metrics stay up through the drain; stop them, and wait,
 	// before the deferred closes of Redis and the pod cache.
 	stopHTTP()
@@ -328,4 +347,55 @@ func learnedOptions(cfg *config.Config) exclusion.Options {
 	f := cfg.Verify.Fallback
 	return exclusion.Options{Namespace: cfg.ResqueNamespace(), TTL: f.LearnedExclusionTTL, LearnAfter: f.LearnAfter,
 		Window: f.LearnWindow, Timeout: cfg.Queue.OperationTimeout}
+}
+
+// queueServiceRoles builds what the daemon takes over from queue-service's
+// worker: the blockedBy/collapse gate, the timeoutConfigs recorder and
+// checker, and the disk-cache cleaner. The first two run one script over
+// queue-service's plain side keys; on Redis Cluster that needs a {hash tag}
+// in the queue prefix, and without one they are off, loudly.
+func queueServiceRoles(cfg *config.Config, rdb redis.UniversalClient, exec *executor.Executor, ci *ciapi.Client, marks *queue.StopMarks,
+	identity string, reg prometheus.Registerer, log *zap.Logger) (worker.Gate, worker.TimeoutRecorder, worker.CacheCleaner) {
+	prefix := cfg.Queue.Prefix
+	shared := cfg.SideKeysShareASlot()
+	var g worker.Gate
+	gateMetrics := gate.NewMetrics(reg)
+	switch bb := cfg.Plugins.BlockedBy; {
+	case bb.Enabled && shared:
+		g = gate.New(gate.Deps{Redis: rdb, Metrics: gateMetrics}, gate.Options{Prefix: prefix, Timeout: cfg.Queue.OperationTimeout})
+		log.Info("blockedBy/collapse gate on", zap.Bool("blocked_by_self", bb.BlockedBySelf), zap.Bool("collapse", bb.Collapse),
+			zap.Duration("reenqueue_wait", bb.ReenqueueWait()), zap.Duration("block_timeout", bb.BlockTTL()))
+	case bb.Enabled:
+		log.Error("blockedBy and collapse are NOT applied: on Redis Cluster queue-service's running_job_/waiting_job_ keys share a slot only with a {hash tag} in REDIS_QUEUE_PREFIX (set it, on queue-service too), or set PLUGIN_BLOCKEDBY_ENABLED=false to silence this",
+			zap.String("prefix", prefix))
+	default:
+		log.Warn("blockedBy and collapse are off (PLUGIN_BLOCKEDBY_ENABLED=false): builds start whatever runs")
+	}
+	var rec worker.TimeoutRecorder
+	if shared {
+		rec = timeouts.New(timeouts.Deps{Redis: rdb, Reporter: ci, Pods: exec, Marks: marks, Log: log.Named("timeouts"), Metrics: timeouts.NewMetrics(reg)},
+			timeouts.Options{Prefix: prefix, Namespace: cfg.ResqueNamespace(), Identity: identity, Interval: cfg.TimeoutChecker.Interval,
+				Buffer: cfg.TimeoutChecker.Buffer, Timeout: cfg.Queue.OperationTimeout})
+	} else if cfg.TimeoutChecker.Enabled {
+		log.Error("build timeouts are NOT checked: on Redis Cluster the timeout checker needs a {hash tag} in REDIS_QUEUE_PREFIX, or set TIMEOUT_CHECKER_ENABLED=false to silence this")
+	}
+	var cleaner worker.CacheCleaner
+	if c := cfg.Ecosystem.Cache; c.Strategy == "disk" && c.Path != "" {
+		cleaner = diskcache.New(diskcache.Options{Strategy: c.Strategy, Path: c.Path})
+	}
+	return g, rec, cleaner
+}
+
+// withCacheQueue adds queue-service's cache queue (clear jobs) when the
+// disk cache strategy is on and it is not listed: its worker consumed it,
+// so a drop-in must too. Slots go to queues round-robin, so the builds
+// queue keeps its worker.concurrency slots with 2n-1 in all (an idle slot
+// only waits in a blocking take).
+func withCacheQueue(cfg *config.Config, queues []string) ([]string, int) {
+	c := cfg.Ecosystem.Cache
+	cacheQueue := cfg.Queue.Prefix + "cache"
+	if c.Strategy != "disk" || c.Path == "" || len(queues) != 1 || slices.Contains(queues, cacheQueue) {
+		return queues, cfg.Worker.Concurrency
+	}
+	return append(queues, cacheQueue), max(2*cfg.Worker.Concurrency-1, 2)
 }

@@ -13,7 +13,9 @@ import (
 	"strings"
 
 	"github.com/sdkata/queue-worker/internal/build"
+	"github.com/sdkata/queue-worker/internal/config"
 	"github.com/sdkata/queue-worker/internal/exclusion"
+	"github.com/sdkata/queue-worker/internal/gate"
 	"github.com/sdkata/queue-worker/internal/routing"
 	"github.com/sdkata/queue-worker/internal/weightage"
 )
@@ -23,7 +25,8 @@ var explainStdin io.Reader = os.Stdin
 
 const explainUsage = `  queue-worker explain      [--config FILE] [--config-dir DIR] [-o text|json] [--simulate N]
                             [--image IMAGE] [--build-id N] [--job-id N] [--pipeline-id N]
-                            [--annotation KEY=VALUE]... [BUILD_JSON | -]
+                            [--annotation KEY=VALUE]... [--blocked-by JOB,JOB] [--check-gate]
+                            [--check-learned] [BUILD_JSON | -]
 `
 
 // annotationFlags collects repeated --annotation KEY=VALUE.
@@ -58,13 +61,15 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("o", "text", "output format: text or json")
 	simulate := fs.Int("simulate", 0, "route N builds (random ids, or the first N input builds) and print the split")
 	checkLearned := fs.Bool("check-learned", false, "also look each image up in the learned-exclusion set in Redis (queue.* settings), as the daemon does")
+	checkGate := fs.Bool("check-gate", false, "also say what the blockedBy/collapse gate would decide now, from queue-service's keys in Redis (read only)")
+	blockedBy := fs.String("blocked-by", "", "the build's blockedBy job ids, comma-joined as queue-service queues them (the job itself is always implied)")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 1 || (*output != "text" && *output != "json") || *simulate < 0 {
 		return errUsage
 	}
 	buildFlags := false
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "image", "build-id", "job-id", "pipeline-id", "annotation":
+		case "image", "build-id", "job-id", "pipeline-id", "annotation", "blocked-by":
 			buildFlags = true
 		}
 	})
@@ -94,6 +99,10 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if *blockedBy != "" {
+			raw, _ := json.Marshal(*blockedBy)
+			b.BlockedBy = raw
+		}
 		next = once(b)
 	}
 
@@ -105,6 +114,12 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 		rdb := newRedis(cfg)
 		defer func() { _ = rdb.Close() }()
 		deps.Learned = exclusion.NewStore(rdb, learnedOptions(cfg))
+	}
+	var peek func(context.Context, *build.Config) (*gateView, error)
+	if *checkGate {
+		if peek, err = gatePeeker(cfg); err != nil {
+			return err
+		}
 	}
 	decider := routing.NewDecider(deps)
 	enc := json.NewEncoder(stdout)
@@ -122,17 +137,31 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.OperationTimeout)
 		d, err := decider.Decide(ctx, b)
+		var g *gateView
+		if err == nil && peek != nil {
+			g, err = peek(ctx, b)
+		}
 		cancel()
 		if err != nil {
 			return err
 		}
 		e := d.Explanation
 		if *output == "json" {
-			if err := enc.Encode(e); err != nil {
+			var v any = e
+			if g != nil {
+				v = struct {
+					routing.Explanation
+					Gate *gateView `json:"gate"`
+				}{e, g}
+			}
+			if err := enc.Encode(v); err != nil {
 				return fmt.Errorf("writing the explanation: %w", err)
 			}
 		} else {
 			fmt.Fprintln(stdout, e.String())
+			if g != nil {
+				fmt.Fprintln(stdout, "  gate: "+g.String())
+			}
 		}
 	}
 	if bad > 0 {
@@ -257,4 +286,60 @@ func pctOf(c, n int) float64 {
 		return 0
 	}
 	return 100 * float64(c) / float64(n)
+}
+
+// gateView is what --check-gate prints: the gate's decision for the build
+// if it were started now, without writing anything.
+type gateView struct {
+	Action   gate.Action `json:"action"`
+	Reason   string      `json:"reason"`
+	Blocking []int64     `json:"blockingBuilds,omitempty"`
+	// CollapsedTo is the newer build it would give way to.
+	CollapsedTo int64  `json:"collapsedTo,omitempty"`
+	Message     string `json:"message,omitempty"`
+	// Off says why the daemon would not gate at all.
+	Off string `json:"off,omitempty"`
+}
+
+func (g *gateView) String() string {
+	if g.Off != "" {
+		return "off (" + g.Off + ")"
+	}
+	switch g.Action {
+	case gate.Block:
+		return fmt.Sprintf("would wait (%s): %s", g.Reason, g.Message)
+	case gate.Collapse:
+		return fmt.Sprintf("would be collapsed (%s): %s", g.Reason, g.Message)
+	}
+	return "would start (" + g.Reason + ")"
+}
+
+// gatePeeker returns the gate's dry run over queue-service's keys in Redis,
+// with the daemon's policy.
+func gatePeeker(cfg *config.Config) (func(context.Context, *build.Config) (*gateView, error), error) {
+	bb := cfg.Plugins.BlockedBy
+	switch {
+	case !bb.Enabled:
+		return func(context.Context, *build.Config) (*gateView, error) {
+			return &gateView{Off: "plugins.blockedBy.enabled is false"}, nil
+		}, nil
+	case !cfg.SideKeysShareASlot():
+		return func(context.Context, *build.Config) (*gateView, error) {
+			return &gateView{Off: "Redis Cluster without a {hash tag} in queue.prefix"}, nil
+		}, nil
+	}
+	rdb := newRedis(cfg)
+	g := gate.New(gate.Deps{Redis: rdb}, gate.Options{Prefix: cfg.Queue.Prefix, Timeout: cfg.Queue.OperationTimeout})
+	policy := gate.Policy{BlockedBySelf: bb.BlockedBySelf, Collapse: bb.Collapse, BlockTimeout: bb.BlockTTL()}
+	return func(ctx context.Context, b *build.Config) (*gateView, error) {
+		req, err := gate.RequestFor(b, policy)
+		if err != nil {
+			return nil, err
+		}
+		d, err := g.Peek(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return &gateView{Action: d.Action, Reason: d.Reason, Blocking: d.Blocking, CollapsedTo: d.CollapsedTo, Message: d.Message()}, nil
+	}, nil
 }

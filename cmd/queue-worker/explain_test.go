@@ -2,13 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sdkata/queue-worker/internal/gate"
 	"github.com/sdkata/queue-worker/internal/routing"
+	"github.com/sdkata/queue-worker/internal/testbed"
 )
 
 // explain runs the command as a user would, with the repo's config files
@@ -112,5 +120,42 @@ func TestExplain_InvalidConfigRefused(t *testing.T) {
 	_, errOut, code := explain(t, "executor: {k8s: {exclusion: ['(unclosed']}}\n", "", "--build-id", "1")
 	if code != 1 || !strings.Contains(errOut, `executor.k8s.exclusion[0]`) {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// --check-gate says what the blockedBy/collapse gate would decide now, from
+// queue-service's keys, and writes nothing.
+func TestExplain_CheckGateShowsWhyAStartWouldWait(t *testing.T) {
+	rdb, _, prefix := testbed.Redis(t)
+	host, port, _ := net.SplitHostPort(testbed.RedisAddr())
+	ctx := context.Background()
+	job, other := 9_100_000+rand.Int64N(1_000_000), int64(9_000_001)
+	k := gate.NewKeys(prefix)
+	rdb.Set(ctx, k.Running(other), "77", time.Minute)
+	overlay := fmt.Sprintf("queue: {prefix: %q, redisConnection: {host: %q, port: %s}}\n", prefix, host, port)
+	args := []string{"--build-id", "500", "--job-id", strconv.FormatInt(job, 10), "--image", "node:18",
+		"--blocked-by", fmt.Sprintf("%d,%d", job, other), "--check-gate"}
+	out, errOut, code := explain(t, overlay, "", args...)
+	if code != 0 || !strings.Contains(out, `gate: would wait (blocked_by_jobs): Blocked by these running build(s): <a href="/builds/77">77</a>`) {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	out, _, code = explain(t, overlay, "", append(args, "-o", "json")...)
+	var v struct {
+		Runtime string `json:"runtime"`
+		Gate    struct {
+			Action   string  `json:"action"`
+			Blocking []int64 `json:"blockingBuilds"`
+		} `json:"gate"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil || code != 0 || v.Gate.Action != "block" || len(v.Gate.Blocking) != 1 || v.Gate.Blocking[0] != 77 || v.Runtime == "" {
+		t.Fatalf("json %s (%v)", out, err)
+	}
+	if n := rdb.LLen(ctx, k.Waiting(job)).Val(); n != 0 {
+		t.Fatalf("explain wrote to the waiting list (%d entries)", n)
+	}
+	rdb.Del(ctx, k.Running(other))
+	out, _, _ = explain(t, overlay, "", args...)
+	if !strings.Contains(out, "gate: would start (ready)") {
+		t.Fatalf("stdout: %s", out)
 	}
 }
