@@ -31,10 +31,10 @@ go build -trimpath -o bin/queue-worker ./cmd/queue-worker
 go build -trimpath -o bin/demo ./scripts/demo
 bin/demo -reset -prefix "$DEMO_PREFIX" -kube-namespace "$DEMO_NS"
 
-echo "[demo] starting queue-worker (log: $LOG_DIR/worker.log): 50% of builds to Kata, rhel6 images to hyperd" >&2
+echo "[demo] starting queue-worker (log: $LOG_DIR/worker.log): 50% of builds to Kata, rhel6 images to hyperd; blocked starts retried every 3s" >&2
 K8S_JOBS_NAMESPACE=$DEMO_NS REDIS_QUEUE_PREFIX=$DEMO_PREFIX WEIGHT_K8S=50 \
   K8S_EXECUTOR_EXCLUSION='["rhel6"]' HOST=127.0.0.1 PORT=$DEMO_PORT LOG_FORMAT=console \
-  VERIFY_EXIT139_WINDOW=2s \
+  VERIFY_EXIT139_WINDOW=2s ECOSYSTEM_API=http://127.0.0.1:18090 PLUGIN_BLOCKEDBY_REENQUEUE_WAIT_TIME=0.05 \
   bin/queue-worker run </dev/null >"$LOG_DIR/worker.log" 2>&1 &
 worker_pid=$!
 for _ in $(seq 1 100); do

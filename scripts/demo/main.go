@@ -128,24 +128,12 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL, ciAddr string, n int) error 
 	base := time.Now().Unix() % 1_000_000 * 100
 	bs := builds(n, base)
 	queueKey := ns + ":queue:" + prefix + "builds"
+	q := producer{rdb: rdb, ns: ns, prefix: prefix, apiURI: "http://" + ciAddr + "/", eventID: base}
 	fmt.Printf("enqueueing %d builds into %s (buildConfigs hash %sbuildConfigs), plus one job of an unknown class\n", n, queueKey, prefix)
 	for _, b := range bs {
-		cfg := map[string]any{
-			"buildId": b.id, "jobId": b.id % 37, "eventId": base, "jobName": "main", "pipelineId": 42,
-			"pipeline": map[string]any{"id": 42, "name": "demo/repo", "scmContext": "github:github.com"},
-			"apiUri":   "http://" + ciAddr + "/", "container": b.image, "token": "demo-token-" + strconv.FormatInt(b.id, 10),
-			"annotations": b.annotations,
-		}
-		raw, _ := json.Marshal(cfg)
-		job := fmt.Sprintf(`{"class":"start","queue":"%sbuilds","args":[{"buildId":%d,"jobId":%d,"blockedBy":"%d","blockedBySameJob":true,"blockedBySameJobWaitTime":5,"virtualJob":false}]}`,
-			prefix, b.id, b.id%37, b.id%37)
-		if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.HSet(ctx, prefix+"buildConfigs", strconv.FormatInt(b.id, 10), raw)
-			p.SAdd(ctx, ns+":queues", prefix+"builds")
-			p.RPush(ctx, queueKey, job)
-			return nil
-		}); err != nil {
-			return fmt.Errorf("enqueueing build %d: %w", b.id, err)
+		// Each build its own job: none waits for another here (see gateDemo).
+		if err := q.start(ctx, b, b.id); err != nil {
+			return err
 		}
 	}
 	bad := fmt.Sprintf(`{"class":"rebuild","queue":"%sbuilds","args":[{"buildId":%d}]}`, prefix, base+999)
@@ -207,6 +195,10 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL, ciAddr string, n int) error 
 		time.Sleep(200 * time.Millisecond)
 	}
 
+	if err := gateDemo(ctx, q, kube, kubeNS, ci, base+500); err != nil {
+		return err
+	}
+
 	fmt.Println("\nworker metrics:")
 	if err := printMetrics(ctx, metricsURL); err != nil {
 		return err
@@ -215,8 +207,7 @@ func run(redisAddr, ns, prefix, kubeNS, metricsURL, ciAddr string, n int) error 
 
 	fmt.Printf("\nstopping all %d builds through the queue...\n", n)
 	for _, b := range bs {
-		job := fmt.Sprintf(`{"class":"stop","queue":"%sbuilds","args":[{"buildId":%d,"jobId":%d,"blockedBy":"%d","started":true}]}`, prefix, b.id, b.id%37, b.id%37)
-		if err := rdb.RPush(ctx, queueKey, job).Err(); err != nil {
+		if err := q.stop(ctx, b.id, b.id); err != nil {
 			return err
 		}
 	}
@@ -277,15 +268,173 @@ func printMetrics(ctx context.Context, url string) error {
 	return sc.Err()
 }
 
+// producer writes what Screwdriver's queue-service writes for a start or a
+// stop: the build config into the buildConfigs hash and an ids-only job
+// (node-resque's bytes), or queue-service's abort mark and a stop job.
+type producer struct {
+	rdb                *redis.Client
+	ns, prefix, apiURI string
+	eventID            int64
+}
+
+func (q producer) start(ctx context.Context, b demoBuild, jobID int64, blockedBy ...int64) error {
+	by := append([]int64{jobID}, blockedBy...)
+	cfg := map[string]any{
+		"buildId": b.id, "jobId": jobID, "eventId": q.eventID, "jobName": "main", "pipelineId": 42, "blockedBy": by,
+		"pipeline": map[string]any{"id": 42, "name": "demo/repo", "scmContext": "github:github.com"},
+		"apiUri":   q.apiURI, "container": b.image, "token": "demo-token-" + strconv.FormatInt(b.id, 10),
+		"annotations": b.annotations,
+	}
+	raw, _ := json.Marshal(cfg)
+	job := fmt.Sprintf(`{"class":"start","queue":"%sbuilds","args":[{"buildId":%d,"jobId":%d,"blockedBy":"%s","blockedBySameJob":true,"blockedBySameJobWaitTime":5}]}`,
+		q.prefix, b.id, jobID, joinIDs(by))
+	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, q.prefix+"buildConfigs", strconv.FormatInt(b.id, 10), raw)
+		p.SAdd(ctx, q.ns+":queues", q.prefix+"builds")
+		p.RPush(ctx, q.ns+":queue:"+q.prefix+"builds", job)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("enqueueing build %d: %w", b.id, err)
+	}
+	return nil
+}
+
+func (q producer) stop(ctx context.Context, buildID, jobID int64) error {
+	job := fmt.Sprintf(`{"class":"stop","queue":"%sbuilds","args":[{"buildId":%d,"jobId":%d,"blockedBy":"%d","started":true}]}`, q.prefix, buildID, jobID, jobID)
+	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, fmt.Sprintf("deleted_%d_%d", jobID, buildID), "", 30*time.Minute)
+		p.RPush(ctx, q.ns+":queue:"+q.prefix+"builds", job)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("stopping build %d: %w", buildID, err)
+	}
+	return nil
+}
+
+func joinIDs(ids []int64) string {
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = strconv.FormatInt(id, 10)
+	}
+	return strings.Join(parts, ",")
+}
+
+// gateDemo shows queue-service's blockedBy and collapse: a deploy build of
+// job D runs; two builds of job E, blocked by D, wait (BLOCKED); once D's
+// build stops, the newer E build runs and the older one is COLLAPSED.
+func gateDemo(ctx context.Context, q producer, kube kubernetes.Interface, kubeNS string, ci *ciAPI, base int64) error {
+	jobD, jobE := base, base+1
+	d1 := demoBuild{id: base + 10, image: "alpine:3"}
+	e1, e2 := demoBuild{id: base + 11, image: "alpine:3"}, demoBuild{id: base + 12, image: "alpine:3"}
+	all := []demoBuild{d1, e1, e2}
+	fmt.Printf("\nblockedBy and collapse: build %d of job %d (deploy) runs; builds %d and %d of job %d are blocked by job %d\n",
+		d1.id, jobD, e1.id, e2.id, jobE, jobD)
+	if err := q.start(ctx, d1, jobD); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, "build "+strconv.FormatInt(d1.id, 10)+"'s pod", func() (bool, error) {
+		p, err := buildPods(ctx, kube, kubeNS, []demoBuild{d1})
+		return len(p) == 1, err
+	}); err != nil {
+		return err
+	}
+	for _, e := range []demoBuild{e1, e2} {
+		if err := q.start(ctx, e, jobE, jobD); err != nil {
+			return err
+		}
+		if err := waitFor(ctx, "BLOCKED for build "+strconv.FormatInt(e.id, 10), func() (bool, error) {
+			return ci.lastStatus(e.id) == "BLOCKED", nil
+		}); err != nil {
+			return err
+		}
+	}
+	printGate(ci, all)
+	fmt.Printf("stopping build %d; the job's waiting builds are tried again within the re-enqueue wait\n", d1.id)
+	if err := q.stop(ctx, d1.id, jobD); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, "build "+strconv.FormatInt(e2.id, 10)+"'s pod and "+strconv.FormatInt(e1.id, 10)+" COLLAPSED", func() (bool, error) {
+		p, err := buildPods(ctx, kube, kubeNS, []demoBuild{e2})
+		return len(p) == 1 && ci.lastStatus(e1.id) == "COLLAPSED", err
+	}); err != nil {
+		return err
+	}
+	pods, err := buildPods(ctx, kube, kubeNS, all)
+	if err != nil {
+		return err
+	}
+	printGate(ci, all)
+	for _, b := range all {
+		if _, ok := pods[b.id]; ok {
+			fmt.Printf("  build %d has pod %s\n", b.id, pods[b.id].Name)
+		}
+	}
+	if _, ok := pods[e1.id]; ok {
+		return fmt.Errorf("collapsed build %d has a pod", e1.id)
+	}
+	return q.stop(ctx, e2.id, jobE)
+}
+
+func printGate(ci *ciAPI, bs []demoBuild) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  BUILD\tLAST STATUS TO THE CI API\tMESSAGE")
+	for _, b := range bs {
+		st, msg := ci.last(b.id)
+		if st == "" {
+			st = "(running: no status update from the worker)"
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\n", b.id, st, msg)
+	}
+	tw.Flush()
+}
+
+func waitFor(ctx context.Context, what string, cond func() (bool, error)) error {
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // ciAPI stands in for Screwdriver's API: it records PUT /v4/builds/<id>.
 type ciAPI struct {
 	srv     *http.Server
 	mu      sync.Mutex
 	updates []map[string]any
+	// byBuild holds each build's status updates, in order.
+	byBuild map[int64][]map[string]any
+}
+
+// last is the build's last status update (status and message).
+func (c *ciAPI) last(build int64) (string, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.byBuild[build]) - 1; i >= 0; i-- {
+		if st, ok := c.byBuild[build][i]["status"].(string); ok {
+			msg, _ := c.byBuild[build][i]["statusMessage"].(string)
+			return st, msg
+		}
+	}
+	return "", ""
+}
+
+func (c *ciAPI) lastStatus(build int64) string {
+	st, _ := c.last(build)
+	return st
 }
 
 func startCIAPI(addr string) (*ciAPI, error) {
-	c := &ciAPI{}
+	c := &ciAPI{byBuild: map[int64][]map[string]any{}}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("starting the stand-in CI API on %s: %w", addr, err)
@@ -293,8 +442,10 @@ func startCIAPI(addr string) (*ciAPI, error) {
 	c.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var body map[string]any
 		_ = json.NewDecoder(r.Body).Decode(&body)
+		id, _ := strconv.ParseInt(strings.TrimPrefix(r.URL.Path, "/v4/builds/"), 10, 64)
 		c.mu.Lock()
 		c.updates = append(c.updates, body)
+		c.byBuild[id] = append(c.byBuild[id], body)
 		c.mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("{}"))
