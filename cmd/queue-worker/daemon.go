@@ -187,7 +187,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 			Factor:     cfg.Queue.Retry.Factor,
 			MaxDelay:   cfg.Queue.Retry.MaxDelay,
 		},
-		Classes: worker.Classes,
+		Classes:           worker.Classes,
+		DeadLetterNotices: worker.DeadLetterNotices,
 	})
 	if err != nil {
 		return err

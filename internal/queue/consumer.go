@@ -63,6 +63,11 @@ type Options struct {
 	BlockTimeout time.Duration
 	// OperationTimeout bounds every non-blocking Redis call.
 	OperationTimeout time.Duration
+	// DeadLetterNotices name, per job class, the class of a notice job
+	// queued with the failed entry of a job the handler never finished (a
+	// poison job), as ReportDeadLetter does for a handled one (see
+	// RecovererOptions.Notices).
+	DeadLetterNotices map[string]string
 	// JobTimeout is the longest a handler may take with one job (default
 	// 5m): the handler's own calls are each bounded, so one that runs longer
 	// is taken for a wedged slot and fails liveness (Live). It does not cut
@@ -334,7 +339,7 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if c.opts.RecoverInterval > 0 {
 		r := NewRecoverer(Deps{Redis: c.rdb, Keys: c.keys, Log: c.log, Metrics: c.metrics}, RecovererOptions{
 			Fallback: c.opts.Queues[0], OperationTimeout: c.opts.OperationTimeout,
-			MaxRecoveries: c.opts.MaxRecoveries, Limits: c.limits,
+			MaxRecoveries: c.opts.MaxRecoveries, Limits: c.limits, Notices: c.opts.DeadLetterNotices,
 		})
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); r.Run(ctx, c.opts.RecoverInterval) }()

@@ -268,6 +268,7 @@ func TestRecoverer_PoisonJobIsDeadLetteredAfterMaxRecoveries(t *testing.T) {
 	// returns the jobs of dead slots of the whole namespace.
 	opts := fastOptions("recoverer:"+testbed.Suffix(), 1)
 	opts.Queues = []string{"elsewhere"}
+	opts.DeadLetterNotices = map[string]string{"start": "report"}
 	runConsumer(t, rdb, keys, opts, queue.HandlerFunc(func(context.Context, *queue.Job) queue.Outcome { return queue.Done() }))
 
 	for death := 1; death <= 4; death++ {
@@ -293,8 +294,19 @@ func TestRecoverer_PoisonJobIsDeadLetteredAfterMaxRecoveries(t *testing.T) {
 		testbed.Eventually(t, 10*time.Second, "poison job dead-lettered", func() bool { return rdb.LLen(ctx, keys.Failed()).Val() == 1 })
 	}
 	time.Sleep(time.Second)
-	if n := rdb.LLen(ctx, keys.Queue("builds")).Val(); n != 0 {
-		t.Fatalf("poison job returned to its queue a 4th time (%d queued)", n)
+	// What is queued now is its dead-letter notice only (a start that never
+	// runs is still reported), not the job a 4th time.
+	queued := rdb.LRange(ctx, keys.Queue("builds"), 0, -1).Val()
+	if len(queued) != 1 {
+		t.Fatalf("queued after the dead letter: %q", queued)
+	}
+	var notice struct {
+		Class string            `json:"class"`
+		Args  []json.RawMessage `json:"args"`
+	}
+	if err := json.Unmarshal([]byte(queued[0]), &notice); err != nil || notice.Class != "report" || len(notice.Args) != 2 ||
+		string(notice.Args[0]) != `{"buildId":666}` || !strings.Contains(string(notice.Args[1]), "4 times") {
+		t.Fatalf("dead-letter notice %s (%v)", queued[0], err)
 	}
 	e := readFailed(t, rdb, keys)[0]
 	if e.Exception != "PoisonJob" || !strings.Contains(e.Error, "4 times") || e.Queue != "builds" || !strings.HasPrefix(e.Worker, "poisoned4:") {

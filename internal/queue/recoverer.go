@@ -54,6 +54,12 @@ type RecovererOptions struct {
 	// Limits are applied to poison jobs before their failed entry is
 	// written (a job beyond them is written with its payload omitted).
 	Limits Limits
+	// Notices name, per job class, the class of a notice job queued with
+	// the failed entry of a poison job of that class, as a handler's
+	// ReportDeadLetter would: args [the job's args[0], {"message": why}].
+	// A start that can never run must still be reported, even when it was
+	// never handled to the end.
+	Notices map[string]string
 }
 
 // NewRecoverer returns a recoverer (deps.Metrics may be nil).
@@ -199,9 +205,10 @@ func (r *Recoverer) failPoison(ctx context.Context) (int, error) {
 		} else {
 			f.Payload = failedPayload([]byte(job), r.opts.Limits)
 		}
+		notice, noticeQueue := r.notice(job, queue, reason)
 		n, err := poisonFailScript.Run(ctx, r.rdb,
-			[]string{r.keys.Poison(), r.keys.Failed(), r.keys.StatFailed(), r.keys.RecoveriesPrefix() + sha1Hex(job)},
-			entry, f.Encode()).Int()
+			[]string{r.keys.Poison(), r.keys.Failed(), r.keys.StatFailed(), r.keys.RecoveriesPrefix() + sha1Hex(job), r.keys.Queue(noticeQueue)},
+			entry, f.Encode(), string(notice)).Int()
 		if err != nil {
 			return done, err
 		}
@@ -233,4 +240,26 @@ func forEachMaster(ctx context.Context, rdb redis.UniversalClient, fn func(conte
 		return c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return fn(ctx, m) })
 	}
 	return fn(ctx, rdb)
+}
+
+// notice is the dead-letter notice of a poison job (nil if its class has
+// none, or the job cannot be read within the limits), and its queue.
+func (r *Recoverer) notice(job, queue, reason string) ([]byte, string) {
+	if r.opts.Limits.check(job) != nil {
+		return nil, queue
+	}
+	j, err := ParseJob([]byte(job), queue)
+	if err != nil || len(j.Args) == 0 {
+		return nil, queue
+	}
+	class, ok := r.opts.Notices[j.Class]
+	if !ok {
+		return nil, queue
+	}
+	b, err := NewJob{Class: class, Args: []any{j.Args[0], map[string]string{"message": "Build failed to start: " + reason}}}.encode(j.Queue)
+	if err != nil {
+		r.log.Warn("encoding the dead-letter notice of a poison job failed; failing it without one", zap.String("queue", queue), zap.Error(err))
+		return nil, queue
+	}
+	return b, j.Queue
 }

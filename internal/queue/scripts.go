@@ -263,15 +263,18 @@ redis.call('SREM', KEYS[5], ARGV[2])
 redis.call('DEL', KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
 return {moved, poisoned}`)
 
-// poisonFailScript writes one poison-list entry's job to the failed list.
-// KEYS poison list, failed, stat:failed, the job's recovery counter.
-// ARGV poison entry, failed entry. Returns 1 if the entry was still there.
+// poisonFailScript writes one poison-list entry's job to the failed list,
+// and its dead-letter notice (if any) to the job's queue in the same step.
+// KEYS poison list, failed, stat:failed, the job's recovery counter, the
+// job's queue. ARGV poison entry, failed entry, notice job ("" for none).
+// Returns 1 if the entry was still there.
 var poisonFailScript = redis.NewScript(`
 local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if n == 1 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('INCR', KEYS[3])
   redis.call('DEL', KEYS[4])
+  if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[3]) end
 end
 return n`)
 

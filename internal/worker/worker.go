@@ -39,6 +39,11 @@ const (
 // Classes are the job classes the worker handles.
 var Classes = []string{ClassStart, ClassStop, ClassReport, ClassVerify, ClassClear}
 
+// DeadLetterNotices: a start the queue dead-letters without this worker
+// having finished it (a poison job) gets its FAILURE report queued all the
+// same, as a report job.
+var DeadLetterNotices = map[string]string{ClassStart: ClassReport}
+
 // Executor creates and deletes build pods. StartWith runs afterPod once
 // the pod exists, alongside the rest of the start.
 type Executor interface {

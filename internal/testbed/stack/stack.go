@@ -171,6 +171,7 @@ func Start(t *testing.T, o Options) *Stack {
 		SchedulerInterval: 100 * time.Millisecond,
 		Retry:             queue.RetryPolicy{MaxRetries: 1, Delay: time.Second},
 		Classes:           worker.Classes,
+		DeadLetterNotices: worker.DeadLetterNotices,
 	})
 	if err != nil {
 		cancel()
