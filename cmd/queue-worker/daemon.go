@@ -370,7 +370,9 @@ func queueServiceRoles(cfg *config.Config, rdb redis.UniversalClient, exec *exec
 		log.Error("blockedBy and collapse are NOT applied: on Redis Cluster queue-service's running_job_/waiting_job_ keys share a slot only with a {hash tag} in REDIS_QUEUE_PREFIX (set it, on queue-service too), or set PLUGIN_BLOCKEDBY_ENABLED=false to silence this",
 			zap.String("prefix", prefix))
 	default:
-		log.Warn("blockedBy and collapse are off (PLUGIN_BLOCKEDBY_ENABLED=false): builds start whatever runs")
+		// The timeout checker only fails a build that holds its job's
+		// running key (queue-service's rule), which only the gate sets.
+		log.Warn("blockedBy and collapse are off (PLUGIN_BLOCKEDBY_ENABLED=false): builds start whatever runs, and the timeout checker fails only builds another worker (queue-service's) started")
 	}
 	var rec worker.TimeoutRecorder
 	if shared {

@@ -253,6 +253,9 @@ func (w *Worker) buildConfig(ctx context.Context, j *queue.Job, forStart bool) (
 	return full, nil
 }
 
+// tellTimeout bounds a best-effort BLOCKED or COLLAPSED update.
+const tellTimeout = 15 * time.Second
+
 // redactedToken is what the failed list writes in place of a token.
 const redactedToken = "[redacted]"
 
@@ -367,6 +370,10 @@ func (w *Worker) gateStart(ctx context.Context, b *build.Config, log *zap.Logger
 // tell sends the CI API a BLOCKED or COLLAPSED status, as queue-service
 // does: best effort, a failure is logged and the start goes on.
 func (w *Worker) tell(ctx context.Context, b *build.Config, d gate.Decision, log *zap.Logger) {
+	// Bounded: a failing CI API must not hold the slot through every retry
+	// of a report the next try repeats anyway.
+	ctx, cancel := context.WithTimeout(ctx, tellTimeout)
+	defer cancel()
 	u := ciapi.BuildUpdate{Status: d.Status(), StatusMessage: d.Message()}
 	if err := w.deps.Reporter.UpdateBuild(ctx, b.APIURI, b.BuildID, b.Token, u); err != nil {
 		log.Warn("telling the CI API the build's status failed", zap.String("status", u.Status), zap.Error(err))
