@@ -351,6 +351,43 @@ type Routing struct {
 	// Budgets caps the pods in flight per runtime (kata, hyperd); a start
 	// over budget waits in the queue. 0 or absent = unlimited.
 	Budgets map[string]int `yaml:"budgets" mapstructure:"budgets"`
+	// Autopilot raises the Kata share step by step while Kata does as well
+	// as hyperd.
+	Autopilot Autopilot `yaml:"autopilot" mapstructure:"autopilot"`
+}
+
+// Autopilot is the routing autopilot: a loop, run by the elected leader,
+// that promotes the Kata share by Step percentage points every Interval as
+// long as Kata's builds compare well with hyperd's, up to MaxPercent. It
+// starts from, and never goes below, the Kata percentage the executor
+// weights give (executor.k8s.weightage, with executor.k8s-vm.weightage),
+// so turning it off or restarting never routes fewer builds to Kata than
+// the operator configured.
+type Autopilot struct {
+	// Enabled runs the loop. Off by default: promoting the share is a
+	// decision an operator opts into.
+	Enabled bool `yaml:"enabled" mapstructure:"enabled"`
+	// Step is how many percentage points one promotion adds: small enough
+	// that a Kata regression hits few builds before the next evaluation
+	// sees it.
+	Step float64 `yaml:"step" mapstructure:"step"`
+	// Interval is the evaluation period: long enough for the builds routed
+	// at the last step to finish and be counted.
+	Interval time.Duration `yaml:"interval" mapstructure:"interval"`
+	// MaxPercent is where promotion stops, for a cluster that should keep
+	// some builds on hyperd (its capacity, or a canary of the old path).
+	MaxPercent float64 `yaml:"maxPercent" mapstructure:"maxPercent"`
+	// MinBuilds keeps an evaluation from promoting on a handful of builds:
+	// each runtime needs this many (weighted) builds in the period.
+	MinBuilds int `yaml:"minBuilds" mapstructure:"minBuilds"`
+	// MaxFailureRateDelta is how much higher Kata's failure rate may be
+	// than hyperd's (a fraction: 0.02 = 2 points) for a promotion; some
+	// noise between the two samples is expected.
+	MaxFailureRateDelta float64 `yaml:"maxFailureRateDelta" mapstructure:"maxFailureRateDelta"`
+	// MaxSetupTimeRatio is how much slower Kata's p90 pod setup may be
+	// than hyperd's for a promotion: Kata's sandbox costs some start time,
+	// but a growing ratio means its nodes are struggling.
+	MaxSetupTimeRatio float64 `yaml:"maxSetupTimeRatio" mapstructure:"maxSetupTimeRatio"`
 }
 
 // Kubernetes holds client settings. The endpoint/token overrides and the

@@ -54,6 +54,26 @@ func (c *Config) ResqueNamespace() string {
 	}
 }
 
+// WeightedKataPercent is the percentage of builds the executor weights send
+// to Kata, as routing.KataPercent derives it (the two must agree): with
+// executor.k8s-vm.weightage unset, executor.k8s.weightage itself; with it
+// set, the reference's relative weights k8s/(k8s+k8s-vm). ok is false when
+// there is no weighted rule: executor.k8s.weightage unset, or both zero.
+func (c *Config) WeightedKataPercent() (pct float64, ok bool) {
+	k8s, vm := c.Executor.K8s.Weightage, c.Executor.K8sVM.Weightage
+	switch {
+	case k8s == nil:
+		return 0, false
+	case vm == nil:
+		return *k8s, true
+	}
+	sum := *k8s + *vm
+	if sum == 0 {
+		return 0, false
+	}
+	return 100 * *k8s / sum, true
+}
+
 // ExclusionPatterns is the union of executor.k8s.exclusion and
 // executor.k8s.exclusions, in order, without duplicates. The reference
 // shipped the singular key while its router read the plural, so both count.
@@ -559,6 +579,56 @@ func (v *validator) routing() {
 		key := joinKey("routing.budgets", rt)
 		v.oneOf(key, rt, RuntimeKata, RuntimeHyperD)
 		v.nonNegativeInt(key, r.Budgets[rt])
+	}
+	v.autopilot()
+}
+
+// autopilot checks routing.autopilot. The ranges hold whether or not it is
+// enabled, so that switching it on later (ROUTING_AUTOPILOT_ENABLED) cannot
+// be the first time a bad value is noticed.
+func (v *validator) autopilot() {
+	const key = "routing.autopilot"
+	a := v.c.Routing.Autopilot
+	if !(a.Step > 0 && a.Step <= 100) {
+		v.fail(key+".step", "must be in (0, 100] percentage points, got %s", formatFloat(a.Step))
+	}
+	if a.Interval < time.Second {
+		// Tests compress the period to seconds; below that an evaluation
+		// would not see the builds of the last step.
+		v.fail(key+".interval", "must be at least 1s, got %s", a.Interval)
+	}
+	if !(a.MaxPercent >= 0 && a.MaxPercent <= 100) {
+		v.fail(key+".maxPercent", "must be in 0..100, got %s", formatFloat(a.MaxPercent))
+	}
+	if a.MinBuilds < 1 {
+		v.fail(key+".minBuilds", "must be at least 1, got %d", a.MinBuilds)
+	}
+	if !(a.MaxFailureRateDelta >= 0 && a.MaxFailureRateDelta <= 1) {
+		v.fail(key+".maxFailureRateDelta", "must be in 0..1 (a difference of failure rates: 0.02 = 2 points), got %s", formatFloat(a.MaxFailureRateDelta))
+	}
+	if !(a.MaxSetupTimeRatio >= 1) || math.IsInf(a.MaxSetupTimeRatio, 0) {
+		v.fail(key+".maxSetupTimeRatio", "must be a finite number ≥ 1 (Kata's p90 setup time over hyperd's), got %s", formatFloat(a.MaxSetupTimeRatio))
+	}
+	if !a.Enabled {
+		return
+	}
+	e := v.c.Executor
+	floor, ok := v.c.WeightedKataPercent()
+	switch {
+	case e.K8s.Weightage == nil:
+		v.fail(key+".enabled", "needs executor.k8s.weightage, which is not set: the Kata percentage it gives is the autopilot's starting point and floor")
+	case !ok:
+		v.fail(key+".enabled", "needs a Kata percentage to start from, but %s and %s are both 0 (no weighted rule): executor.k8s.weightage is the autopilot's starting point and floor",
+			v.other("executor.k8s.weightage", formatFloat(*e.K8s.Weightage)), v.other("executor.k8s-vm.weightage", formatFloat(*e.K8sVM.Weightage)))
+	case !(floor >= 0 && floor <= 100):
+		// Invalid weights, already reported by executor().
+	case a.MaxPercent < floor:
+		from := v.other("executor.k8s.weightage", formatFloat(*e.K8s.Weightage))
+		if e.K8sVM.Weightage != nil {
+			from += " and " + v.other("executor.k8s-vm.weightage", formatFloat(*e.K8sVM.Weightage))
+		}
+		v.fail(key+".maxPercent", "%s is below %s%%, the Kata percentage given by %s: the autopilot's floor, which it never goes below",
+			formatFloat(a.MaxPercent), formatFloat(floor), from)
 	}
 }
 

@@ -81,13 +81,13 @@ func TestValidate_Rules(t *testing.T) {
 		{
 			name: "RoutingSwitchesValid",
 			mutate: func(c *Config) {
-				c.Routing = Routing{Stickiness: "pipeline", Salt: "s", Paused: []string{"kata"}, Budgets: map[string]int{"kata": 10, "hyperd": 0}}
+				c.Routing = Routing{Stickiness: "pipeline", Salt: "s", Paused: []string{"kata"}, Budgets: map[string]int{"kata": 10, "hyperd": 0}, Autopilot: c.Routing.Autopilot}
 			},
 		},
 		{
 			name: "RoutingSwitchesRefused",
 			mutate: func(c *Config) {
-				c.Routing = Routing{Stickiness: "user", Paused: []string{"hyperd", "k8s", "hyperd"}, Budgets: map[string]int{"docker": 1, "kata": -1}}
+				c.Routing = Routing{Stickiness: "user", Paused: []string{"hyperd", "k8s", "hyperd"}, Budgets: map[string]int{"docker": 1, "kata": -1}, Autopilot: c.Routing.Autopilot}
 			},
 			wantKeys: []string{"routing.stickiness", "routing.paused[1]", "routing.paused[2]", "routing.budgets.docker", "routing.budgets.kata"},
 			wantMsg:  `runtime "hyperd" is listed twice`,
