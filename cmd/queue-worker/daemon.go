@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/sdkata/queue-worker/internal/autopilot"
 	"github.com/sdkata/queue-worker/internal/breaker"
 	"github.com/sdkata/queue-worker/internal/ciapi"
 	"github.com/sdkata/queue-worker/internal/config"
@@ -58,10 +59,6 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	holder := weightage.NewHolder(rules)
-	if err := watchRouting(ctx, cfg, loadOpts, holder, log.Named("routing"), routing.NewMetrics(reg)); err != nil {
-		return err
-	}
-
 	rdb := newRedis(cfg)
 	defer func() { _ = rdb.Close() }()
 
@@ -116,6 +113,23 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		TrustedAPIs:    cfg.Ecosystem.TrustedAPIURIs,
 	}, log.Named("ciapi"), ciapi.NewMetrics(reg))
 
+	// The autopilot is routing's rules source: the configured rules with its
+	// Kata share. Every replica rereads the share; the supervisor's leader
+	// moves it (it sees every start's outcome).
+	window := autopilot.NewWindow(time.Now())
+	pilot := autopilot.New(autopilot.Deps{Rules: holder, Store: autopilot.NewStore(rdb, keys.Namespace(), cfg.Queue.OperationTimeout),
+		Window: window, Breakers: []autopilot.Breaker{kubeBreaker, ci.Breaker()},
+		Log: log.Named("autopilot"), Metrics: autopilot.NewMetrics(reg)},
+		autopilot.Options{Settings: autopilotSettings(cfg), Identity: workerName()})
+	if cfg.Routing.Autopilot.Enabled {
+		// Best effort: with Redis down no job is taken either, and Run
+		// rereads it.
+		_ = pilot.Load(ctx)
+	}
+	if err := watchRouting(ctx, cfg, loadOpts, holder, pilot, log.Named("routing"), routing.NewMetrics(reg)); err != nil {
+		return err
+	}
+
 	// The pod cache: every replica counts the budgets from it; the elected
 	// supervisor syncs builds from it.
 	supMetrics := supervisor.NewMetrics(reg)
@@ -151,10 +165,10 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	}
 	sup := supervisor.New(supervisor.Deps{
 		Client: kube, Cache: pods, Records: supervisor.NewRedisRecords(rdb, keys.Namespace(), supervisionRecordTTL, cfg.Queue.OperationTimeout), Pods: exec, Reporter: ci, Learner: learned, Marks: marks, Configs: configs,
-		Rules: holder, Log: log.Named("supervisor"), Metrics: supMetrics,
+		Rules: pilot, Log: log.Named("supervisor"), Metrics: supMetrics, Starts: window, AlsoLead: pilot.Lead,
 	}, supOpts)
 
-	decider := routing.NewDecider(routing.DeciderDeps{Rules: holder, Learned: learned, InFlight: pods})
+	decider := routing.NewDecider(routing.DeciderDeps{Rules: pilot, Learned: learned, InFlight: pods, Autopilot: pilot})
 	startGate, checker, cleaner := queueServiceRoles(cfg, rdb, exec, ci, marks, identity, reg, log)
 	bb := cfg.Plugins.BlockedBy
 	w := worker.New(worker.Deps{
@@ -238,6 +252,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 	// releases its Lease at once so another replica takes over.
 	supDone := make(chan error, 1)
 	go func() { supDone <- sup.Run(runCtx) }()
+	pilotDone := make(chan struct{})
+	go func() { defer close(pilotDone); pilot.Run(runCtx) }()
 	checkerDone := make(chan struct{})
 	go func() {
 		defer close(checkerDone)
@@ -261,6 +277,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 		runErr = err
 	}
 	<-checkerDone
+	<-pilotDone
 	// Health and metrics stay up through the drain; stop them, and wait,
 	// before the deferred closes of Redis and the pod cache.
 	stopHTTP()
@@ -276,7 +293,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, loadOpts config.LoadOpti
 // swaps the routing rules in; an invalid one is logged and the rules in
 // force stay. Without --config there is nothing to watch (env and the
 // shipped defaults cannot change under a running process).
-func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptions, holder *weightage.Holder, log *zap.Logger, m *routing.Metrics) error {
+func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptions, holder *weightage.Holder, pilot *autopilot.Autopilot, log *zap.Logger, m *routing.Metrics) error {
 	reloader := routing.NewReloader(holder, cfg, log, m)
 	if opts.OverlayFile == "" {
 		return nil
@@ -287,11 +304,21 @@ func watchRouting(ctx context.Context, cfg *config.Config, opts config.LoadOptio
 			c.Kubernetes.Kubeconfig = kubeconfig
 		}
 		reloader.Apply(c, err)
+		if err == nil && c != nil {
+			pilot.Apply(autopilotSettings(c))
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("watching the config file for routing changes: %w", err)
 	}
 	return nil
+}
+
+// autopilotSettings are the routing.autopilot keys.
+func autopilotSettings(c *config.Config) autopilot.Settings {
+	a := c.Routing.Autopilot
+	return autopilot.Settings{Enabled: a.Enabled, Step: a.Step, Interval: a.Interval, MaxPercent: a.MaxPercent,
+		MinBuilds: a.MinBuilds, MaxFailureRateDelta: a.MaxFailureRateDelta, MaxSetupTimeRatio: a.MaxSetupTimeRatio}
 }
 
 func workerName() string {

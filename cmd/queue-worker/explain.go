@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/sdkata/queue-worker/internal/autopilot"
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/config"
 	"github.com/sdkata/queue-worker/internal/exclusion"
@@ -107,8 +108,24 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	}
 
 	deps := routing.DeciderDeps{Rules: weightage.NewHolder(rules)}
+	if cfg.Routing.Autopilot.Enabled {
+		// The autopilot's share is the one starts draw with: read it (and
+		// its last decision) as a replica does.
+		rdb := newRedis(cfg)
+		defer func() { _ = rdb.Close() }()
+		pilot := autopilot.New(autopilot.Deps{Rules: deps.Rules,
+			Store: autopilot.NewStore(rdb, cfg.ResqueNamespace(), cfg.Queue.OperationTimeout)},
+			autopilot.Options{Settings: autopilotSettings(cfg)})
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.OperationTimeout)
+		err := pilot.Load(ctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(stderr, "queue-worker: explain: the autopilot is on but its state could not be read (%v): showing the configured weight\n", err)
+		}
+		deps.Rules, deps.Autopilot = pilot, pilot
+	}
 	if *simulate > 0 {
-		return printSimulation(stdout, *output, routing.NewDecider(deps), rules, next, *simulate)
+		return printSimulation(stdout, *output, routing.NewDecider(deps), deps.Rules.Current(), next, *simulate)
 	}
 	if *checkLearned {
 		rdb := newRedis(cfg)

@@ -6,6 +6,7 @@
 //	queue-worker run [--config FILE] [--config-dir DIR] [--kubeconfig FILE]
 //	queue-worker config print [--sources] [--config FILE] [--config-dir DIR]
 //	queue-worker explain      [flags] [BUILD_JSON | -]   (see explain.go)
+//	queue-worker autopilot    [flags] [status | pause REASON | resume | pin PERCENT | unpin]
 //	queue-worker version
 package main
 
@@ -31,7 +32,7 @@ func main() {
 const usage = `usage:
   queue-worker run          [--config FILE] [--config-dir DIR] [--kubeconfig FILE]
   queue-worker config print [--sources] [--config FILE] [--config-dir DIR]
-` + explainUsage + `  queue-worker version
+` + explainUsage + autopilotUsage + `  queue-worker version
 `
 
 // errUsage makes run exit 2 after printing usage.
@@ -88,6 +89,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return printConfig(stdout, cfg, *sources)
 	case "explain":
 		return runExplain(args[1:], stdout, stderr)
+	case "autopilot":
+		return runAutopilot(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil

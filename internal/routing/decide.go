@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/weightage"
@@ -24,13 +25,32 @@ type InFlightCounter interface {
 	InFlight(rt weightage.Runtime) int
 }
 
-// DeciderDeps are what a decision reads. Learned and InFlight are optional:
-// without them learned exclusions are not consulted and budgets are shown
-// but not checked (the offline `explain`).
+// AutopilotStatus tells where the autopilot stands, for explanations.
+type AutopilotStatus interface {
+	AutopilotView() *AutopilotView
+}
+
+// AutopilotView is the autopilot's part of an explanation: nil when it is
+// off (the configured weight is in force).
+type AutopilotView struct {
+	// Percent is the Kata share it has in force; Mode is active, paused or
+	// pinned (or unknown when its state could not be read).
+	Percent float64 `json:"percent"`
+	Mode    string  `json:"mode"`
+	// LastDecision is its last decision with its reason and numbers.
+	LastDecision   string     `json:"lastDecision,omitempty"`
+	LastDecisionAt *time.Time `json:"lastDecisionAt,omitempty"`
+}
+
+// DeciderDeps are what a decision reads. Learned, InFlight and Autopilot
+// are optional: without them learned exclusions are not consulted, budgets
+// are shown but not checked (the offline `explain`), and no autopilot is
+// shown.
 type DeciderDeps struct {
-	Rules    RulesSource
-	Learned  Learned
-	InFlight InFlightCounter
+	Rules     RulesSource
+	Learned   Learned
+	InFlight  InFlightCounter
+	Autopilot AutopilotStatus
 }
 
 // Decider takes the one routing decision of a build: the rules in force
@@ -95,5 +115,8 @@ func (d *Decider) Decide(ctx context.Context, b *build.Config) (Decision, error)
 		}
 	}
 	out.Explanation = explain(in, out.Decision, rules, inflight, out.Wait)
+	if d.deps.Autopilot != nil {
+		out.Explanation.Autopilot = d.deps.Autopilot.AutopilotView()
+	}
 	return out, nil
 }

@@ -3,6 +3,7 @@ package routing
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/sdkata/queue-worker/internal/build"
 	"github.com/sdkata/queue-worker/internal/weightage"
@@ -40,6 +41,9 @@ type Explanation struct {
 	Wait            string `json:"wait,omitempty"`
 	IgnoredExecutor string `json:"ignoredExecutor,omitempty"`
 	RulesVersion    string `json:"rulesVersion"`
+	// Autopilot is where the autopilot stands, when it is on: with the
+	// weighted rule, its percentage is the one the draw used.
+	Autopilot *AutopilotView `json:"autopilot,omitempty"`
 	// Reason is the decision in words.
 	Reason string `json:"reason"`
 }
@@ -127,7 +131,14 @@ func (e Explanation) String() string {
 	if e.Rule == weightage.RulePaused {
 		rule += " after " + string(e.PausedRule)
 	}
-	return fmt.Sprintf("build %d → %s (rule %s: %s; rules v=%s)", e.BuildID, e.Runtime, rule, e.Reason, e.RulesVersion)
+	s := fmt.Sprintf("build %d → %s (rule %s: %s; rules v=%s)", e.BuildID, e.Runtime, rule, e.Reason, e.RulesVersion)
+	if a := e.Autopilot; a != nil {
+		s += fmt.Sprintf("\n  autopilot: %s at %g%% Kata", a.Mode, a.Percent)
+		if a.LastDecision != "" {
+			s += fmt.Sprintf("; last decision %s: %s", a.LastDecisionAt.UTC().Format(time.RFC3339), a.LastDecision)
+		}
+	}
+	return s
 }
 
 // ParseAnnotation reads KEY=VALUE into a screwdriver annotation; a KEY

@@ -85,6 +85,33 @@ type Deps struct {
 	Log      *zap.Logger
 	// Metrics may be nil (collectors not registered anywhere).
 	Metrics *Metrics
+	// Starts, if set, is told how every supervised start went (the
+	// autopilot compares runtimes with it).
+	Starts StartObserver
+	// AlsoLead, if set, runs for each leadership term, beside the workers:
+	// its context ends with the term, and the term waits for it to return.
+	// Work that must run on one replica only, with this replica's view of
+	// the builds (the autopilot), runs here.
+	AlsoLead func(ctx context.Context)
+}
+
+// StartOutcome is how one build pod's start went.
+type StartOutcome struct {
+	Pod     types.UID
+	Runtime weightage.Runtime
+	// Rule is the routing rule that chose the runtime (from the pod).
+	Rule      weightage.Rule
+	Failed    bool
+	Class     FailureClass
+	Signature Signature
+	// Setup is creation to ContainersReady; 0 when unknown or failed.
+	Setup time.Duration
+}
+
+// StartObserver is told of start outcomes, possibly more than once for a
+// pod (a retried sync): it must count a pod once.
+type StartObserver interface {
+	ObserveStart(StartOutcome)
 }
 
 // Options tune the supervisor.
@@ -263,6 +290,13 @@ func (s *Supervisor) lead(ctx context.Context) {
 	s.log.Info("supervising build pods", zap.Int("workers", s.opts.Workers), zap.Int("cached_pods", s.deps.Cache.Len()))
 
 	var wg sync.WaitGroup
+	if s.deps.AlsoLead != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.deps.AlsoLead(termCtx)
+		}()
+	}
 	for range s.opts.Workers {
 		wg.Add(1)
 		go func() {
@@ -443,7 +477,7 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 			arrived: func(b *ciapi.Build) bool { return b.StatusMessage == ciapi.MsgWaiting },
 		}, log.With(zap.String("reason", v.Message)), "reported the build as waiting")
 	case stepReportFailure:
-		s.m.observeStart(runtimeOf(st.pod), v, st.pod)
+		s.observeStart(runtimeOf(st.pod), v, st.pod)
 		return s.report(ctx, st.pod, update{
 			intent: AnnotationReportingFailure, value: outcomeFailed,
 			send: func(ctx context.Context, api string, id int64, tok string) error {
@@ -583,7 +617,7 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 		return s.deps.Pods.DeletePod(ctx, res.Pod)
 	}
 	if res.Created {
-		s.m.observeStart(weightage.Kata, v, pod)
+		s.observeStart(weightage.Kata, v, pod)
 		s.m.Fallbacks.WithLabelValues(string(v.Signature)).Inc()
 	}
 	log.Warn("Kata runtime failure: relaunched the build on hyperd",
@@ -611,7 +645,7 @@ func (s *Supervisor) finish(pod *corev1.Pod, v Verdict, log *zap.Logger) {
 	now := time.Now()
 	crossed := now.Add(s.opts.Assess.Exit139Window - ranFor(pod, now))
 	if v.State == StateSucceeded || !crossed.Before(termStart) {
-		s.m.observeStart(runtimeOf(pod), v, pod)
+		s.observeStart(runtimeOf(pod), v, pod)
 		log.Info("build pod is running", zap.String("node", pod.Spec.NodeName))
 	}
 }
@@ -701,4 +735,19 @@ func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, rec map[string
 	}
 	delete(s.unrecorded, pod.UID)
 	return nil
+}
+
+// observeStart counts a start's outcome in the metrics and tells the
+// observer, if any.
+func (s *Supervisor) observeStart(rt weightage.Runtime, v Verdict, pod *corev1.Pod) {
+	s.m.observeStart(rt, v, pod)
+	if s.deps.Starts == nil {
+		return
+	}
+	o := StartOutcome{Pod: pod.UID, Runtime: rt, Rule: weightage.Rule(pod.Annotations[executor.AnnotationRule]),
+		Failed: v.State == StateFailed, Class: v.Class, Signature: v.Signature}
+	if !o.Failed {
+		o.Setup = SetupPhases(pod)[PhaseTotal]
+	}
+	s.deps.Starts.ObserveStart(o)
 }

@@ -335,3 +335,13 @@ func Bucket(b Build, s Stickiness, salt string) int {
 	h ^= h >> 33
 	return int(h % Buckets)
 }
+
+// WithKataBasisPoints returns a copy of weighted rules with another Kata
+// share (the autopilot's), its Version marked with it so pods and logs tell
+// the two apart. The copy shares the compiled exclusions, which never change.
+func (r *Rules) WithKataBasisPoints(bp int) *Rules {
+	c := *r
+	c.KataBasisPoints = min(max(bp, 0), Buckets)
+	c.Version = r.Version + "+ap" + strconv.Itoa(c.KataBasisPoints)
+	return &c
+}
