@@ -113,7 +113,8 @@ func TestStore_OperatorControls(t *testing.T) {
 }
 
 func observe(w *autopilot.Window, uid string, rt weightage.Runtime, rule weightage.Rule, failed bool, class supervisor.FailureClass, setup time.Duration) {
-	w.ObserveStart(supervisor.StartOutcome{Pod: types.UID(uid), Runtime: rt, Rule: rule, Failed: failed, Class: class, Setup: setup})
+	w.ObserveStart(supervisor.StartOutcome{Pod: types.UID(uid), Runtime: rt, Rule: rule, Failed: failed, Class: class,
+		Setup: setup, SetupKnown: !failed && setup >= 0})
 }
 
 func TestWindow_CountsWeightedStartsOncePerPod(t *testing.T) {
@@ -122,14 +123,16 @@ func TestWindow_CountsWeightedStartsOncePerPod(t *testing.T) {
 	for i := range 10 {
 		observe(w, fmt.Sprint("k", i), weightage.Kata, weightage.RuleWeighted, false, "", time.Duration(i+1)*time.Second)
 	}
+	observe(w, "k-no-setup", weightage.Kata, weightage.RuleWeighted, false, "", -1) // ran, conditions unknown
 	observe(w, "kf1", weightage.Kata, weightage.RuleWeighted, true, supervisor.ClassRuntime, 0)
+	observe(w, "k-no-setup", weightage.Kata, weightage.RuleWeighted, false, "", -1) // ran, conditions unknown
 	observe(w, "kf1", weightage.Kata, weightage.RuleWeighted, true, supervisor.ClassRuntime, 0) // a retried sync
 	observe(w, "kf2", weightage.Kata, weightage.RuleWeighted, true, supervisor.ClassImage, 0)
 	observe(w, "h1", weightage.Hyperd, weightage.RuleWeighted, false, "", 4*time.Second)
 	observe(w, "h2", weightage.Hyperd, weightage.RuleExcluded, true, supervisor.ClassRuntime, 0) // not weighted
 	observe(w, "h3", weightage.Hyperd, weightage.RuleFallback, false, "", time.Second)           // a relaunch
 	f := w.Cut(t0.Add(time.Minute))
-	if f.Kata.Builds != 12 || f.Kata.Failures != 2 || f.Kata.RuntimeFailures != 1 || f.Kata.SetupSamples != 10 || f.Kata.SetupP90Seconds != 9 {
+	if f.Kata.Builds != 13 || f.Kata.Failures != 2 || f.Kata.RuntimeFailures != 1 || f.Kata.SetupSamples != 10 || f.Kata.SetupP90Seconds != 9 {
 		t.Errorf("kata %+v", f.Kata)
 	}
 	if f.Hyperd.Builds != 1 || f.Hyperd.Failures != 0 || f.Hyperd.SetupP90Seconds != 4 {

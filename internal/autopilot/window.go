@@ -32,6 +32,7 @@ type sample struct {
 	failed         bool
 	runtimeFailure bool
 	setup          time.Duration
+	setupKnown     bool
 }
 
 // NewWindow returns an empty window opened at from.
@@ -53,7 +54,7 @@ func (w *Window) ObserveStart(o supervisor.StartOutcome) {
 		return
 	}
 	w.pods[o.Pod] = sample{rt: o.Runtime, failed: o.Failed,
-		runtimeFailure: o.Failed && o.Class == supervisor.ClassRuntime, setup: o.Setup}
+		runtimeFailure: o.Failed && o.Class == supervisor.ClassRuntime, setup: o.Setup, setupKnown: o.SetupKnown}
 }
 
 // Cut closes the window at now, returning its figures, and opens the next.
@@ -77,7 +78,7 @@ func (w *Window) Cut(now time.Time) Figures {
 			if s.runtimeFailure {
 				rf.RuntimeFailures++
 			}
-		case s.setup > 0:
+		case s.setupKnown:
 			setups[s.rt] = append(setups[s.rt], s.setup)
 		}
 	}

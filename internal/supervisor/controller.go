@@ -104,8 +104,10 @@ type StartOutcome struct {
 	Failed    bool
 	Class     FailureClass
 	Signature Signature
-	// Setup is creation to ContainersReady; 0 when unknown or failed.
-	Setup time.Duration
+	// Setup is creation to ContainersReady, when SetupKnown (a start
+	// that ran, with the conditions' timestamps).
+	Setup      time.Duration
+	SetupKnown bool
 }
 
 // StartObserver is told of start outcomes, possibly more than once for a
@@ -747,7 +749,7 @@ func (s *Supervisor) observeStart(rt weightage.Runtime, v Verdict, pod *corev1.P
 	o := StartOutcome{Pod: pod.UID, Runtime: rt, Rule: weightage.Rule(pod.Annotations[executor.AnnotationRule]),
 		Failed: v.State == StateFailed, Class: v.Class, Signature: v.Signature}
 	if !o.Failed {
-		o.Setup = SetupPhases(pod)[PhaseTotal]
+		o.Setup, o.SetupKnown = SetupPhases(pod)[PhaseTotal]
 	}
 	s.deps.Starts.ObserveStart(o)
 }
