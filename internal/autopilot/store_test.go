@@ -125,7 +125,6 @@ func TestWindow_CountsWeightedStartsOncePerPod(t *testing.T) {
 	}
 	observe(w, "k-no-setup", weightage.Kata, weightage.RuleWeighted, false, "", -1) // ran, conditions unknown
 	observe(w, "kf1", weightage.Kata, weightage.RuleWeighted, true, supervisor.ClassRuntime, 0)
-	observe(w, "k-no-setup", weightage.Kata, weightage.RuleWeighted, false, "", -1)             // ran, conditions unknown
 	observe(w, "kf1", weightage.Kata, weightage.RuleWeighted, true, supervisor.ClassRuntime, 0) // a retried sync
 	observe(w, "kf2", weightage.Kata, weightage.RuleWeighted, true, supervisor.ClassImage, 0)
 	observe(w, "h1", weightage.Hyperd, weightage.RuleWeighted, false, "", 4*time.Second)
