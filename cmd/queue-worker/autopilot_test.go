@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,15 +84,8 @@ func TestAutopilot_PromotesWhileHealthyStepsBackOnRegressionAcrossLeaders(t *tes
 	ci := testbed.FakeCIAPI(t)
 	store := autopilot.NewStore(rdb, rns, 3*time.Second)
 	ctx := context.Background()
-	env := map[string]string{
-		"KUBECONFIG":             os.Getenv(testbed.KubeconfigEnv),
-		"K8S_JOBS_NAMESPACE":     ns,
-		"REDIS_HOST":             strings.Split(testbed.RedisAddr(), ":")[0],
-		"REDIS_PORT":             strings.Split(testbed.RedisAddr(), ":")[1],
-		"REDIS_RESQUE_NAMESPACE": rns,
-		"REDIS_QUEUE_PREFIX":     prefix,
-		"ECOSYSTEM_API":          ci.URL(),
-		"WEIGHT_K8S":             "20", // the floor
+	env := daemonEnv(rns, prefix, ns, ci.URL(), map[string]string{
+		"WEIGHT_K8S": "20", // the floor
 		// Running pods count once past this window (a start that lasts).
 		"VERIFY_EXIT139_WINDOW":                    "1s",
 		"ROUTING_AUTOPILOT_ENABLED":                "true",
@@ -107,7 +99,7 @@ func TestAutopilot_PromotesWhileHealthyStepsBackOnRegressionAcrossLeaders(t *tes
 		"SUPERVISOR_RETRY_PERIOD":                  "500ms",
 		"QUEUE_LEASE_DURATION":                     "3s",
 		"QUEUE_RECOVER_INTERVAL":                   "1s",
-	}
+	})
 	// Each build its own image: a Kata failure on two nodes would make an
 	// image a learned exclusion, and its builds would leave the draw.
 	push := func(id int64) error {
@@ -195,10 +187,7 @@ func TestAutopilot_PromotesWhileHealthyStepsBackOnRegressionAcrossLeaders(t *tes
 	}
 	_ = survivor.cmd.Process.Signal(syscall.SIGTERM)
 	_ = survivor.cmd.Wait()
-	failing := map[string]string{"K8S_ANNOTATIONS": `{"kwok.queue-worker.test/exit-code":"139"}`}
-	for k, v := range env {
-		failing[k] = v
-	}
+	failing := withEnv(env, map[string]string{"K8S_ANNOTATIONS": `{"kwok.queue-worker.test/exit-code":"139"}`})
 	if p := state().Percent; p != 80 {
 		t.Fatalf("the share before the restart is %v%%, want 80%%", p)
 	}

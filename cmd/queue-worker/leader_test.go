@@ -99,6 +99,22 @@ func startDaemon(t *testing.T, name string, env map[string]string) *daemon {
 	return d
 }
 
+// daemonEnv is the environment of a daemon on the test Redis and control
+// plane: the resque namespace, queue prefix, jobs namespace and CI API of
+// one test, plus extra.
+func daemonEnv(rns, prefix, ns, ciURL string, extra map[string]string) map[string]string {
+	host, port, _ := strings.Cut(testbed.RedisAddr(), ":")
+	return withEnv(map[string]string{
+		"KUBECONFIG":             os.Getenv(testbed.KubeconfigEnv),
+		"K8S_JOBS_NAMESPACE":     ns,
+		"REDIS_HOST":             host,
+		"REDIS_PORT":             port,
+		"REDIS_RESQUE_NAMESPACE": rns,
+		"REDIS_QUEUE_PREFIX":     prefix,
+		"ECOSYSTEM_API":          ciURL,
+	}, extra)
+}
+
 func tail(b []byte, n int) []byte {
 	if len(b) > n {
 		return b[len(b)-n:]
@@ -182,24 +198,17 @@ func TestLeader_KilledMidFallbackNewLeaderFinishes(t *testing.T) {
 	rdb, rns, prefix := testbed.Redis(t)
 	kube, ns := testbed.Kube(t)
 	ci := testbed.FakeCIAPI(t)
-	env := map[string]string{
-		"KUBECONFIG":             os.Getenv(testbed.KubeconfigEnv),
-		"K8S_JOBS_NAMESPACE":     ns,
-		"REDIS_HOST":             strings.Split(testbed.RedisAddr(), ":")[0],
-		"REDIS_PORT":             strings.Split(testbed.RedisAddr(), ":")[1],
-		"REDIS_RESQUE_NAMESPACE": rns,
-		"REDIS_QUEUE_PREFIX":     prefix,
-		"WEIGHT_K8S":             "100",
-		"K8S_ANNOTATIONS":        `{"kwok.queue-worker.test/exit-code":"139","kwok.queue-worker.test/run-for":"1s"}`,
-		"VERIFY_EXIT139_WINDOW":  "5s",
-		"ECOSYSTEM_API":          ci.URL(),
+	env := daemonEnv(rns, prefix, ns, ci.URL(), map[string]string{
+		"WEIGHT_K8S":            "100",
+		"K8S_ANNOTATIONS":       `{"kwok.queue-worker.test/exit-code":"139","kwok.queue-worker.test/run-for":"1s"}`,
+		"VERIFY_EXIT139_WINDOW": "5s",
 		// A short Lease so the test is quick; a killed leader's Lease runs out.
 		"SUPERVISOR_LEASE_DURATION": "3s",
 		"SUPERVISOR_RENEW_DEADLINE": "2s",
 		"SUPERVISOR_RETRY_PERIOD":   "500ms",
 		"QUEUE_LEASE_DURATION":      "3s",
 		"QUEUE_RECOVER_INTERVAL":    "1s",
-	}
+	})
 	a := startDaemon(t, "a", env)
 	testbed.Eventually(t, 20*time.Second, "a leads", func() bool { return strings.HasSuffix(leaseHolder(t, kube, ns), a.identity()) })
 	b := startDaemon(t, "b", env)
