@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: brings up Redis and the local control plane, runs the worker,
 # enqueues ~50 builds in the resque format, shows where each went and why,
-# then stops what it started.
+# then plays a short autopilot rollout (its own resque and kube namespace,
+# decisions every 4s: 20% → 80% of builds to Kata, then back to 20% once
+# Kata pods segfault at start), and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,3 +54,18 @@ kill -TERM "$worker_pid"
 wait "$worker_pid" && echo "[demo] worker exited 0; last log lines:" >&2
 worker_pid=
 tail -3 "$LOG_DIR/worker.log" >&2
+
+# The autopilot scene: bin/demo runs the worker itself (and restarts it),
+# with this environment; it stops the worker on exit, errors and signals.
+AP_NS=qw-demo-autopilot
+AP_ENV=(K8S_JOBS_NAMESPACE=$AP_NS REDIS_RESQUE_NAMESPACE=$AP_NS REDIS_QUEUE_PREFIX=ap_
+  HOST=127.0.0.1 PORT=$((DEMO_PORT + 1)) LOG_FORMAT=console ECOSYSTEM_API=http://127.0.0.1:18090
+  WEIGHT_K8S=20 ROUTING_AUTOPILOT_ENABLED=true ROUTING_AUTOPILOT_STEP=20 ROUTING_AUTOPILOT_INTERVAL=4s
+  ROUTING_AUTOPILOT_MAX_PERCENT=80 ROUTING_AUTOPILOT_MIN_BUILDS=4 ROUTING_AUTOPILOT_MAX_FAILURE_RATE_DELTA=0.1
+  VERIFY_EXIT139_WINDOW=1s SUPERVISOR_LEASE_DURATION=3s SUPERVISOR_RENEW_DEADLINE=2s SUPERVISOR_RETRY_PERIOD=500ms
+  QUEUE_LEASE_DURATION=3s QUEUE_RECOVER_INTERVAL=1s)
+echo "[demo] autopilot scene (worker logs: $LOG_DIR/autopilot-worker*.log)" >&2
+env "${AP_ENV[@]}" bin/demo -autopilot -worker bin/queue-worker -log-dir "$LOG_DIR" -rate 8 -timeout 90s
+echo
+echo "-- 3. \$ bin/queue-worker autopilot status   (same environment as the worker)"
+env "${AP_ENV[@]}" bin/queue-worker autopilot status

@@ -2,6 +2,8 @@
 // queue-service does (buildConfigs hash + ids-only resque job), waits for the
 // worker to turn them into pods, prints where each build went and why, shows
 // the worker's metrics, then stops every build and waits for its pods to go.
+// With -autopilot it plays the autopilot scene instead (autopilot.go): it
+// runs the worker itself, configured by its own environment.
 package main
 
 import (
@@ -13,10 +15,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -37,11 +41,21 @@ func main() {
 	count := flag.Int("builds", 50, "number of builds to enqueue")
 	reset := flag.Bool("reset", false, "only clear the demo's queue, hash and pods, and make sure its namespace exists")
 	ciAddr := flag.String("ci-api", "127.0.0.1:18090", "address of the demo's stand-in CI API (it records the worker's build updates)")
+	scene := flag.Bool("autopilot", false, "play the autopilot scene: run -worker (configured by this environment: REDIS_RESQUE_NAMESPACE, REDIS_QUEUE_PREFIX, K8S_JOBS_NAMESPACE, PORT, WEIGHT_K8S, ROUTING_AUTOPILOT_*), feed it builds and print the autopilot's decisions")
+	workerBin := flag.String("worker", "bin/queue-worker", "queue-worker binary (-autopilot)")
+	logDir := flag.String("log-dir", os.TempDir(), "where the worker logs go (-autopilot)")
+	rate := flag.Float64("rate", 8, "builds enqueued per second (-autopilot)")
+	timeout := flag.Duration("timeout", 90*time.Second, "longest wait for the rollout to the maximum, and again for the step back to the floor (-autopilot)")
 	flag.Parse()
 	var err error
-	if *reset {
+	switch {
+	case *scene:
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err = runAutopilotScene(ctx, sceneOptions{redisAddr: *redisAddr, ciAddr: *ciAddr, workerBin: *workerBin, logDir: *logDir, rate: *rate, timeout: *timeout})
+		stop()
+	case *reset:
 		err = resetDemo(*redisAddr, *namespace, *prefix, *kubeNS)
-	} else {
+	default:
 		err = run(*redisAddr, *namespace, *prefix, *kubeNS, *metricsURL, *ciAddr, *count)
 	}
 	if err != nil {
