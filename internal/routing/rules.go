@@ -19,20 +19,12 @@ import (
 //     so the percentage is k8s/(k8s+k8s-vm); both zero means no weighted
 //     rule, as the reference fell through to the default executor.
 func KataPercent(c *config.Config) (pct *float64, derived bool) {
-	k8s, vm := c.Executor.K8s.Weightage, c.Executor.K8sVM.Weightage
-	if k8s == nil {
-		return nil, false
+	derived = c.Executor.K8s.Weightage != nil && c.Executor.K8sVM.Weightage != nil
+	p, ok := c.WeightedKataPercent()
+	if !ok {
+		return nil, derived
 	}
-	if vm == nil {
-		v := *k8s
-		return &v, false
-	}
-	sum := *k8s + *vm
-	if sum == 0 {
-		return nil, true
-	}
-	v := 100 * *k8s / sum
-	return &v, true
+	return &p, derived
 }
 
 // Spec builds the router's input from a validated config.
