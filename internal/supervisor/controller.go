@@ -479,8 +479,9 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 			arrived: func(b *ciapi.Build) bool { return b.StatusMessage == ciapi.MsgWaiting },
 		}, log.With(zap.String("reason", v.Message)), "reported the build as waiting")
 	case stepReportFailure:
-		s.observeStart(runtimeOf(st.pod), v, st.pod)
-		return s.report(ctx, st.pod, update{
+		// Counted once the report is through (or given up): a report that
+		// fails is retried by the next sync, which would count it again.
+		err := s.report(ctx, st.pod, update{
 			intent: AnnotationReportingFailure, value: outcomeFailed,
 			send: func(ctx context.Context, api string, id int64, tok string) error {
 				return s.deps.Reporter.ReportFailure(ctx, api, id, tok, v.Message)
@@ -488,6 +489,10 @@ func (s *Supervisor) act(ctx context.Context, st step, log *zap.Logger) error {
 			arrived: func(b *ciapi.Build) bool { return b.Status == ciapi.StatusFailure },
 		}, log.With(zap.String("class", string(v.Class)), zap.String("reason", v.Reason), zap.String("message", v.Message)),
 			"build failed to start; reported FAILURE")
+		if err == nil {
+			s.observeStart(runtimeOf(st.pod), v, st.pod)
+		}
+		return err
 	case stepFinish:
 		s.finish(st.pod, v, log)
 		return nil
