@@ -48,7 +48,7 @@ func runAutopilot(args []string, stdout, stderr io.Writer) error {
 		if err := rdb.HSet(ctx, key, field, value).Err(); err != nil {
 			return fmt.Errorf("setting %s in %s: %w", field, key, err)
 		}
-		fmt.Fprintf(stdout, "%s %s=%q: every replica applies it within its refresh (5s)\n", key, field, value)
+		fmt.Fprintf(stdout, "%s %s=%q: every replica applies it within its refresh (5s) while routing.autopilot.enabled is true\n", key, field, value)
 		return nil
 	}
 	unset := func(field string) error {
@@ -130,8 +130,13 @@ func autopilotStatus(cfg *config.Config, snap autopilot.Snapshot, decisions []au
 		if snap.Pin != nil {
 			p = *snap.Pin
 		}
-		v.Floor, v.Percent = &floor, &p
-		parts = append(parts, fmt.Sprintf("Kata %g%% of weighted builds (floor %g%%, max %g%%)", p, floor, a.MaxPercent))
+		v.Floor = &floor
+		if a.Enabled {
+			v.Percent = &p
+			parts = append(parts, fmt.Sprintf("Kata %g%% of weighted builds (floor %g%%, max %g%%)", p, floor, a.MaxPercent))
+		} else {
+			parts = append(parts, fmt.Sprintf("the configured %g%% is in force; turned on, it would go on from %g%%", floor, p))
+		}
 	} else {
 		parts = append(parts, "no weighted rule (executor.k8s.weightage unset): nothing to steer")
 	}

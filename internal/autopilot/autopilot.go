@@ -70,7 +70,8 @@ type Autopilot struct {
 	// loadErr is the last failed read of the state ("" after a good one).
 	loadErr atomic.Pointer[string]
 	// leadMu serialises leadership terms.
-	leadMu sync.Mutex
+	leadMu    sync.Mutex
+	publishMu sync.Mutex
 }
 
 type cachedRules struct {
@@ -97,6 +98,10 @@ func New(deps Deps, opts Options) *Autopilot {
 
 // Apply takes reloaded settings (routing.autopilot reloads live).
 func (a *Autopilot) Apply(s Settings) {
+	// Routing has a resolution of one basis point: a maximum between two
+	// is taken down to the one below (never above it), a step up to one.
+	s.MaxPercent = math.Floor(s.MaxPercent*100+1e-9) / 100
+	s.Step = math.Max(roundPercent(s.Step), 0.01)
 	prev := a.settings.Swap(&s)
 	if prev != nil && prev.Enabled != s.Enabled {
 		a.log.Info("autopilot switched", zap.Bool("enabled", s.Enabled))
@@ -161,7 +166,11 @@ func (a *Autopilot) AutopilotView() *routing.AutopilotView {
 	}
 	v := &routing.AutopilotView{Percent: pct, Mode: mode}
 	if e := a.loadErr.Load(); e != nil && *e != "" {
-		v.Mode += " (the last read of its state failed: " + *e + "; routing with the last one read)"
+		if a.snap.Load() == nil {
+			v.Mode += " (its state could not be read: " + *e + "; routing with the configured weight)"
+		} else {
+			v.Mode += " (the last read of its state failed: " + *e + "; routing with the last one read)"
+		}
 	}
 	if snap := a.snap.Load(); snap != nil {
 		if snap.PinError != "" {
@@ -194,7 +203,22 @@ func (a *Autopilot) Load(ctx context.Context) error {
 
 // adopt makes snap the one routed with, logging what an operator changed.
 func (a *Autopilot) adopt(snap Snapshot) {
-	prev := a.snap.Swap(&snap)
+	// A refresh read before the leader's own commit may land after it:
+	// never go back to an older state.
+	for {
+		cur := a.snap.Load()
+		if cur != nil && snap.State.Seq < cur.State.Seq {
+			return
+		}
+		if a.snap.CompareAndSwap(cur, &snap) {
+			a.adopted(cur, snap)
+			return
+		}
+	}
+}
+
+// adopted logs what an operator changed between prev and snap.
+func (a *Autopilot) adopted(prev *Snapshot, snap Snapshot) {
 	if prev == nil || a.current().Enabled {
 		switch {
 		case prev != nil && prev.Paused != snap.Paused && snap.Paused != "":
@@ -215,6 +239,10 @@ func (a *Autopilot) adopt(snap Snapshot) {
 }
 
 func (a *Autopilot) publish() {
+	// Reloads and refreshes publish from two goroutines: one at a time, so
+	// the gauges end on the latest view.
+	a.publishMu.Lock()
+	defer a.publishMu.Unlock()
 	pct, _, ok := a.percent()
 	if !ok {
 		a.m.Percent.Set(-1)
@@ -266,8 +294,7 @@ func (a *Autopilot) Lead(ctx context.Context) {
 	if a.deps.Window == nil {
 		return
 	}
-	termStart := time.Now()
-	a.deps.Window.Reset(termStart)
+	a.deps.Window.Reset(time.Now())
 	breakers := map[string]bool{} // breakers not closed during the window
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -289,43 +316,57 @@ func (a *Autopilot) Lead(ctx context.Context) {
 				breakers[b.Name()] = true
 			}
 		}
-		snap := a.snap.Load()
-		last := termStart
-		if snap != nil && snap.State.EvaluatedAt.After(last) {
-			last = snap.State.EvaluatedAt
-		}
-		if time.Since(last) < s.Interval || time.Now().Before(retryAt) {
+		if !a.due(s) || time.Now().Before(retryAt) {
 			continue
 		}
-		if err := a.evaluate(ctx, s, breakers); err != nil {
+		decided, err := a.evaluate(ctx, s, breakers)
+		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("autopilot evaluation failed; retrying in 10s", zap.Error(err))
 			}
 			retryAt = time.Now().Add(evaluateRetry)
 			continue
 		}
-		clear(breakers)
+		if decided {
+			clear(breakers)
+		}
 	}
+}
+
+// due says whether a decision is due: a full Interval since the last one
+// and since the window opened (a term's start, or the autopilot being
+// switched on, opens it).
+func (a *Autopilot) due(s Settings) bool {
+	last := a.deps.Window.From()
+	if snap := a.snap.Load(); snap != nil && snap.State.EvaluatedAt.After(last) {
+		last = snap.State.EvaluatedAt
+	}
+	return time.Since(last) >= s.Interval
 }
 
 // evaluateRetry spaces evaluations that failed (Redis unreachable).
 const evaluateRetry = 10 * time.Second
 
-// evaluate takes one decision on the window so far and commits it.
-func (a *Autopilot) evaluate(ctx context.Context, s Settings, breakers map[string]bool) error {
+// evaluate takes one decision on the window so far and commits it;
+// decided is false when, read afresh, no decision was due after all.
+func (a *Autopilot) evaluate(ctx context.Context, s Settings, breakers map[string]bool) (decided bool, err error) {
 	_, floor, weighted := a.floor()
 	if !weighted {
 		a.deps.Window.Reset(time.Now())
-		return errors.New("no weighted rule (executor.k8s.weightage unset): nothing to steer")
+		return false, errors.New("no weighted rule (executor.k8s.weightage unset): nothing to steer")
 	}
-	// Read fresh: the fence must be the seq just read, and a pause or pin
-	// set a second ago counts.
+	// Read fresh: the fence must be the seq just read, a pause or pin set a
+	// second ago counts, and another leader may have just decided.
 	if err := a.Load(ctx); err != nil {
-		return err
+		return false, err
+	}
+	if !a.due(s) {
+		return false, nil
 	}
 	snap := *a.snap.Load()
 	now := time.Now()
-	in := Input{Settings: s, Floor: floor, State: snap.State, Figures: a.deps.Window.Cut(now),
+	figures, restore := a.deps.Window.cut(now)
+	in := Input{Settings: s, Floor: floor, State: snap.State, Figures: figures,
 		Paused: snap.Paused, Pin: snap.Pin, Now: now}
 	for _, b := range a.deps.Breakers {
 		if breakers[b.Name()] || b.State() != breaker.StateClosed {
@@ -335,10 +376,13 @@ func (a *Autopilot) evaluate(ctx context.Context, s Settings, breakers map[strin
 	d, next := Decide(in)
 	d.Leader = a.opts.Identity
 	next.Last.Leader = d.Leader
-	if err := a.deps.Store.Commit(ctx, snap.State.Seq, next, d); err != nil {
-		// The window is spent either way: a conflict means another leader
-		// decided on its own window.
-		return err
+	if err := a.commit(ctx, snap.State.Seq, next, d); err != nil {
+		if !errors.Is(err, ErrConflict) {
+			// Not written: the next try decides on this window too.
+			restore()
+		}
+		// On a conflict another leader decided, on its own window.
+		return false, err
 	}
 	next.Seq = snap.State.Seq + 1
 	snap.State = next
@@ -360,5 +404,21 @@ func (a *Autopilot) evaluate(ctx context.Context, s Settings, breakers map[strin
 			a.log.Info("autopilot holds", fields...)
 		}
 	}
-	return nil
+	return true, nil
+}
+
+// commit writes d. A commit whose answer was lost (a timeout, a failover)
+// may still have been applied: the state is read back, and a state that
+// holds this very decision counts as committed.
+func (a *Autopilot) commit(ctx context.Context, readSeq int64, next State, d Decision) error {
+	err := a.deps.Store.Commit(ctx, readSeq, next, d)
+	if err == nil || errors.Is(err, ErrConflict) {
+		return err
+	}
+	snap, lerr := a.deps.Store.Load(ctx)
+	if lerr == nil && snap.State.Seq == readSeq+1 && snap.State.Last != nil &&
+		snap.State.Last.At.Equal(d.At) && snap.State.Last.Leader == d.Leader {
+		return nil
+	}
+	return err
 }

@@ -2,10 +2,15 @@ package autopilot_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sdkata/queue-worker/internal/autopilot"
 	"github.com/sdkata/queue-worker/internal/breaker"
@@ -154,4 +159,111 @@ func TestAutopilot_LeadPromotesAndHoldsWhileABreakerWasOpen(t *testing.T) {
 		h := decisions()
 		return h[len(h)-1].Outcome == autopilot.Promote && h[len(h)-1].To == 30
 	})
+}
+
+// memStore is an in-memory StateStore whose commits can fail: lost (not
+// applied) or with their answer lost (applied, then an error).
+type memStore struct {
+	mu       sync.Mutex
+	snap     autopilot.Snapshot
+	history  []autopilot.Decision
+	failNext string // "", "lost", "answer-lost"
+}
+
+func (m *memStore) Load(context.Context) (autopilot.Snapshot, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.snap, nil
+}
+
+func (m *memStore) Commit(_ context.Context, readSeq int64, next autopilot.State, d autopilot.Decision) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.snap.State.Seq != readSeq {
+		return autopilot.ErrConflict
+	}
+	fail := m.failNext
+	m.failNext = ""
+	if fail == "lost" {
+		return errors.New("i/o timeout")
+	}
+	next.Seq = readSeq + 1
+	m.snap.State = next
+	m.history = append(m.history, d)
+	if fail == "answer-lost" {
+		return errors.New("i/o timeout")
+	}
+	return nil
+}
+
+func (m *memStore) decisions() []autopilot.Decision {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.history)
+}
+
+// A commit that never landed leaves its window for the next try; one that
+// landed but whose answer was lost counts as decided (metrics included),
+// and is not decided again.
+func TestAutopilot_LostCommitsNeitherLoseTheWindowNorRepeatTheDecision(t *testing.T) {
+	store := &memStore{failNext: "lost"}
+	w := autopilot.NewWindow(time.Now())
+	m := autopilot.NewMetrics(nil)
+	a := autopilot.New(autopilot.Deps{Rules: rulesAt(t, 10), Store: store, Window: w, Metrics: m},
+		autopilot.Options{Settings: fast, Identity: "leader"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.Lead(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// One window's worth of starts, then nothing: the retry must still see
+	// them (the first commit is lost).
+	n := 0
+	time.Sleep(50 * time.Millisecond) // Lead opened its window
+	healthy(w, &n)
+	testbed.Eventually(t, 20*time.Second, "a decision", func() bool { return len(store.decisions()) > 0 })
+	d := store.decisions()[0]
+	if d.Outcome != autopilot.Promote || d.Figures.Kata.Builds != 3 || d.Figures.Hyperd.Builds != 3 {
+		t.Fatalf("decision after a lost commit: %s (%+v)", d, d.Figures)
+	}
+
+	store.mu.Lock()
+	store.failNext = "answer-lost"
+	store.mu.Unlock()
+	healthy(w, &n)
+	testbed.Eventually(t, 10*time.Second, "a second decision", func() bool { return len(store.decisions()) > 1 })
+	time.Sleep(2500 * time.Millisecond) // a repeat would come within a tick or two
+	promotions := 0
+	for _, d := range store.decisions() {
+		if d.Outcome == autopilot.Promote {
+			promotions++
+		}
+	}
+	if h := store.decisions(); promotions != 2 || h[1].To != 30 {
+		t.Fatalf("%d promotions: %v", promotions, h)
+	}
+	if got := testutil.ToFloat64(m.Decisions.WithLabelValues("promote", "healthy")); got != 2 {
+		t.Fatalf("promotions counted %v, want 2", got)
+	}
+	if a.Current().KataPercent() != 30 {
+		t.Fatalf("routing at %v, want 30", a.Current().KataPercent())
+	}
+}
+
+// A refresh that read the state before the leader's commit and lands after
+// it must not take the share back.
+func TestAutopilot_AnOlderReadDoesNotTakeTheShareBack(t *testing.T) {
+	store := &memStore{}
+	store.snap.State = autopilot.State{Seq: 5, Percent: 30}
+	a := autopilot.New(autopilot.Deps{Rules: rulesAt(t, 10), Store: store}, autopilot.Options{Settings: fast})
+	if err := a.Load(context.Background()); err != nil || a.Current().KataPercent() != 30 {
+		t.Fatalf("share %v (%v)", a.Current().KataPercent(), err)
+	}
+	store.mu.Lock()
+	store.snap.State = autopilot.State{Seq: 4, Percent: 20}
+	store.mu.Unlock()
+	_ = a.Load(context.Background())
+	if got := a.Current().KataPercent(); got != 30 {
+		t.Fatalf("an older state took the share to %v", got)
+	}
 }

@@ -196,9 +196,16 @@ func Decide(in Input) (Decision, State) {
 
 	switch {
 	case in.Pin != nil:
-		// The pin is adopted: unpinned, the autopilot goes on from it.
-		d.To, next.Ladder = *in.Pin, nil
-		return done(Hold, ReasonPinned, "pinned at %s by an operator", pct(*in.Pin))
+		// The pin is adopted: unpinned, the autopilot goes on from it, and a
+		// regression then steps back to the highest rung below it (where
+		// the autopilot had got to, if lower).
+		pin := *in.Pin
+		if cur < pin {
+			next.Ladder = append(next.Ladder, cur)
+		}
+		next.Ladder = slices.DeleteFunc(next.Ladder, func(p float64) bool { return p >= pin })
+		d.To = pin
+		return done(Hold, ReasonPinned, "pinned at %s by an operator", pct(pin))
 	case in.Paused != "":
 		return done(Hold, ReasonPaused, "paused by an operator: %s", in.Paused)
 	case len(in.Breakers) > 0:

@@ -1,6 +1,8 @@
 package autopilot
 
 import (
+	"math"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sdkata/queue-worker/internal/weightage"
@@ -33,7 +35,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "queue_worker", Subsystem: "autopilot", Name: "decisions_total",
 			Help: "Autopilot decisions by outcome (promote, hold, step-back) and reason."}, []string{"outcome", "reason"}),
 		WindowBuilds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "queue_worker", Subsystem: "autopilot", Name: "window_builds",
-			Help: "Weighted builds per runtime in the last evaluated window."}, []string{"runtime"}),
+			Help: "Weighted builds per runtime the last decision compared (hyperd: its baseline when its own window was too thin)."}, []string{"runtime"}),
 		WindowFailureRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "queue_worker", Subsystem: "autopilot", Name: "window_failure_rate",
 			Help: "Start failure rate per runtime in the last evaluated window; kind runtime (failures the runtime caused) or all."}, []string{"runtime", "kind"}),
 		WindowSetupP90: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "queue_worker", Subsystem: "autopilot", Name: "window_setup_p90_seconds",
@@ -72,13 +74,23 @@ func validPair(o Outcome, r Reason) bool {
 	return o == Hold
 }
 
+// observe publishes a decision and the figures it compared: for hyperd,
+// the baseline when one stood in for a thin window.
 func (m *Metrics) observe(d Decision) {
 	m.Decisions.WithLabelValues(string(d.Outcome), string(d.Reason)).Inc()
 	m.LastDecision.Set(float64(d.At.UnixNano()) / 1e9)
-	for rt, f := range map[weightage.Runtime]RuntimeFigures{weightage.Kata: d.Figures.Kata, weightage.Hyperd: d.Figures.Hyperd} {
+	hyperd := d.Figures.Hyperd
+	if d.Baseline != nil {
+		hyperd = d.Baseline.Hyperd
+	}
+	for rt, f := range map[weightage.Runtime]RuntimeFigures{weightage.Kata: d.Figures.Kata, weightage.Hyperd: hyperd} {
 		m.WindowBuilds.WithLabelValues(string(rt)).Set(float64(f.Builds))
 		m.WindowFailureRate.WithLabelValues(string(rt), "runtime").Set(f.RuntimeFailureRate())
 		m.WindowFailureRate.WithLabelValues(string(rt), "all").Set(f.FailureRate())
-		m.WindowSetupP90.WithLabelValues(string(rt)).Set(f.SetupP90Seconds)
+		p90 := f.SetupP90Seconds
+		if f.SetupSamples == 0 {
+			p90 = math.NaN() // no start ran: no setup time, not a zero one
+		}
+		m.WindowSetupP90.WithLabelValues(string(rt)).Set(p90)
 	}
 }

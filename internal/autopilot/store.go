@@ -19,7 +19,6 @@ const (
 	fieldSeq     = "seq"     // commits so far (the commit's fence)
 	fieldState   = "state"   // State, JSON
 	fieldHistory = "history" // Decisions, one JSON line each, oldest first
-	fieldHistLen = "historyLen"
 	// FieldPaused and FieldPin are the operator's controls: any value in
 	// paused pauses the autopilot (the value is the reason shown); pin holds
 	// the Kata share at its percentage on every replica.
@@ -40,17 +39,20 @@ const HistoryCap = 1008
 // ARGV[3] the decision, one line of JSON
 // ARGV[4] the history's cap (entries)
 // Returns 1 when committed (seq is ARGV[1]+1), 0 when the seq moved.
+//
+// The lines are counted, not kept in a counter: an operator may delete or
+// edit the history field, and the trim must still keep the newest entries.
 var commitScript = redis.NewScript(`
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 if seq ~= ARGV[1] then return 0 end
 local hist = (redis.call('HGET', KEYS[1], 'history') or '') .. ARGV[3] .. '\n'
-local n = tonumber(redis.call('HGET', KEYS[1], 'historyLen') or '0') + 1
+local _, n = string.gsub(hist, '\n', '\n')
 local cap = tonumber(ARGV[4])
 while n > cap do
   hist = string.sub(hist, string.find(hist, '\n', 1, true) + 1)
   n = n - 1
 end
-redis.call('HSET', KEYS[1], 'seq', tonumber(ARGV[1]) + 1, 'state', ARGV[2], 'history', hist, 'historyLen', n)
+redis.call('HSET', KEYS[1], 'seq', tonumber(ARGV[1]) + 1, 'state', ARGV[2], 'history', hist)
 return 1
 `)
 

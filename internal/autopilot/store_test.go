@@ -144,3 +144,24 @@ func TestWindow_CountsWeightedStartsOncePerPod(t *testing.T) {
 		t.Errorf("the next window is not empty: %+v", next)
 	}
 }
+
+// An operator who deletes the history field loses the old entries, not the
+// new ones.
+func TestStore_HistoryDeletedByHandKeepsNewEntries(t *testing.T) {
+	rdb, ns, _ := testbed.Redis(t)
+	ctx := context.Background()
+	s := autopilot.NewStore(rdb, ns, 3*time.Second)
+	for i := range 3 {
+		if err := s.Commit(ctx, int64(i), autopilot.State{}, autopilot.Decision{Detail: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb.HDel(ctx, autopilot.Key(ns), "history")
+	if err := s.Commit(ctx, 3, autopilot.State{}, autopilot.Decision{Detail: "after"}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.History(ctx, 0)
+	if err != nil || len(h) != 1 || h[0].Detail != "after" {
+		t.Fatalf("history %+v, %v", h, err)
+	}
+}

@@ -57,13 +57,43 @@ func (w *Window) ObserveStart(o supervisor.StartOutcome) {
 		runtimeFailure: o.Failed && o.Class == supervisor.ClassRuntime, setup: o.Setup, setupKnown: o.SetupKnown}
 }
 
+// From is when the window opened.
+func (w *Window) From() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.from
+}
+
 // Cut closes the window at now, returning its figures, and opens the next.
 func (w *Window) Cut(now time.Time) Figures {
+	f, _ := w.cut(now)
+	return f
+}
+
+// cut is Cut with a way back: restore returns the closed window's starts
+// to the open one (for a decision that could not be committed), keeping
+// any start seen since as it is now.
+func (w *Window) cut(now time.Time) (f Figures, restore func()) {
 	w.mu.Lock()
 	pods, from := w.pods, w.from
 	w.pods, w.from = make(map[types.UID]sample, len(pods)), now
 	w.mu.Unlock()
+	restore = func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for uid, s := range pods {
+			if _, seen := w.pods[uid]; !seen {
+				w.pods[uid] = s
+			}
+		}
+		if from.Before(w.from) {
+			w.from = from
+		}
+	}
+	return figuresOf(pods, from, now), restore
+}
 
+func figuresOf(pods map[types.UID]sample, from, now time.Time) Figures {
 	f := Figures{From: from, To: now}
 	setups := map[weightage.Runtime][]time.Duration{}
 	for _, s := range pods {

@@ -69,7 +69,9 @@ func TestLoad_AutopilotRefused(t *testing.T) {
 	}{
 		{name: "StepZero", env: map[string]string{"ROUTING_AUTOPILOT_STEP": "0"},
 			wantKeys: []string{"routing.autopilot.step"},
-			want:     []string{`key "routing.autopilot.step" (from env ROUTING_AUTOPILOT_STEP)`, "(0, 100]"}},
+			want:     []string{`key "routing.autopilot.step" (from env ROUTING_AUTOPILOT_STEP)`, "[0.01, 100]"}},
+		{name: "StepBelowABasisPoint", env: map[string]string{"ROUTING_AUTOPILOT_STEP": "0.004"},
+			wantKeys: []string{"routing.autopilot.step"}},
 		{name: "StepNegative", env: map[string]string{"ROUTING_AUTOPILOT_STEP": "-5"},
 			wantKeys: []string{"routing.autopilot.step"}},
 		{name: "StepAbove100", env: map[string]string{"ROUTING_AUTOPILOT_STEP": "100.5"},

@@ -589,8 +589,9 @@ func (v *validator) routing() {
 func (v *validator) autopilot() {
 	const key = "routing.autopilot"
 	a := v.c.Routing.Autopilot
-	if !(a.Step > 0 && a.Step <= 100) {
-		v.fail(key+".step", "must be in (0, 100] percentage points, got %s", formatFloat(a.Step))
+	if !(a.Step >= 0.01 && a.Step <= 100) {
+		// Routing's resolution is a basis point: a smaller step moves nothing.
+		v.fail(key+".step", "must be in [0.01, 100] percentage points, got %s", formatFloat(a.Step))
 	}
 	if a.Interval < time.Second {
 		// Tests compress the period to seconds; below that an evaluation

@@ -624,9 +624,12 @@ func (s *Supervisor) fallback(ctx context.Context, pod *corev1.Pod, v Verdict, l
 		return s.deps.Pods.DeletePod(ctx, res.Pod)
 	}
 	if res.Created {
-		s.observeStart(weightage.Kata, v, pod)
+		s.m.observeStart(weightage.Kata, v, pod)
 		s.m.Fallbacks.WithLabelValues(string(v.Signature)).Inc()
 	}
+	// The observer counts a pod once: told on every pass, so a retried
+	// fallback whose relaunch already existed still counts the Kata failure.
+	s.tellStart(weightage.Kata, v, pod)
 	log.Warn("Kata runtime failure: relaunched the build on hyperd",
 		zap.String("signature", string(v.Signature)), zap.String("reason", v.Reason),
 		zap.String("message", v.Message), zap.String("relaunch", res.Pod), zap.String("image", b.Container),
@@ -748,6 +751,11 @@ func (s *Supervisor) record(ctx context.Context, pod *corev1.Pod, rec map[string
 // observer, if any.
 func (s *Supervisor) observeStart(rt weightage.Runtime, v Verdict, pod *corev1.Pod) {
 	s.m.observeStart(rt, v, pod)
+	s.tellStart(rt, v, pod)
+}
+
+// tellStart tells the observer, if any, how a start went.
+func (s *Supervisor) tellStart(rt weightage.Runtime, v Verdict, pod *corev1.Pod) {
 	if s.deps.Starts == nil {
 		return
 	}
