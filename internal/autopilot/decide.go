@@ -110,13 +110,16 @@ const (
 	ReasonPaused            Reason = "paused"
 	ReasonPinned            Reason = "pinned"
 	ReasonBreakerOpen       Reason = "breaker-open"
+	// ReasonInconclusive: a failure rate above the bound, by no more than
+	// chance could make it in a window of this size.
+	ReasonInconclusive Reason = "inconclusive"
 )
 
 // Outcomes and Reasons list the label values, for pre-created series.
 var (
 	Outcomes = []Outcome{Promote, Hold, StepBack}
 	Reasons  = []Reason{ReasonHealthy, ReasonAtMax, ReasonTooFewBuilds, ReasonRegression, ReasonRegressionTwice,
-		ReasonRegressionAtFloor, ReasonPaused, ReasonPinned, ReasonBreakerOpen}
+		ReasonRegressionAtFloor, ReasonPaused, ReasonPinned, ReasonBreakerOpen, ReasonInconclusive}
 )
 
 // Decision is one evaluation: what it did, and the numbers behind it.
@@ -227,12 +230,30 @@ func Decide(in Input) (Decision, State) {
 		d.Baseline, h = &b, b.Hyperd
 	}
 
-	var bad []string
-	if delta := k.RuntimeFailureRate() - h.RuntimeFailureRate(); delta > s.MaxFailureRateDelta {
-		bad = append(bad, fmt.Sprintf("runtime failures %s vs %s (+%s > %s)", rate(k.RuntimeFailureRate()), rate(h.RuntimeFailureRate()), rate(delta), rate(s.MaxFailureRateDelta)))
-	}
-	if delta := k.FailureRate() - h.FailureRate(); delta > s.MaxFailureRateDelta {
-		bad = append(bad, fmt.Sprintf("failures %s vs %s (+%s > %s)", rate(k.FailureRate()), rate(h.FailureRate()), rate(delta), rate(s.MaxFailureRateDelta)))
+	// A failure rate above the bound is a regression only when the excess
+	// is more than chance in windows of this size (one-sided test at 95%):
+	// at 50 builds a single failure moves a rate by two points. An excess
+	// that may be chance holds instead: never a promotion on it, never a
+	// step back for it.
+	var bad, unsure []string
+	for _, c := range []struct {
+		name   string
+		kr, hr float64
+	}{
+		{"runtime failures", k.RuntimeFailureRate(), h.RuntimeFailureRate()},
+		{"failures", k.FailureRate(), h.FailureRate()},
+	} {
+		delta := c.kr - c.hr
+		if delta <= s.MaxFailureRateDelta {
+			continue
+		}
+		z := excessZ(c.kr, k.Builds, c.hr, h.Builds, s.MaxFailureRateDelta)
+		msg := fmt.Sprintf("%s %s vs %s (+%s > %s", c.name, rate(c.kr), rate(c.hr), rate(delta), rate(s.MaxFailureRateDelta))
+		if z >= significantZ {
+			bad = append(bad, msg+")")
+		} else {
+			unsure = append(unsure, fmt.Sprintf("%s, z=%.2f < %.3f)", msg, z, significantZ))
+		}
 	}
 	setup := "no setup times to compare"
 	if k.SetupSamples > 0 && h.SetupSamples > 0 {
@@ -250,6 +271,9 @@ func Decide(in Input) (Decision, State) {
 			k.Builds, h.Builds, d.Baseline.WindowEnd.UTC().Format(time.RFC3339), in.Figures.Hyperd.Builds)
 	}
 
+	if len(bad) == 0 && len(unsure) > 0 {
+		return done(Hold, ReasonInconclusive, "%s: %s: above the bound, but not clearly more than chance in windows this size", against, strings.Join(unsure, "; "))
+	}
 	if len(bad) == 0 {
 		next.Regressions = 0
 		summary := fmt.Sprintf("%s: runtime failures %s vs %s, failures %s vs %s, %s", against,
@@ -277,6 +301,25 @@ func Decide(in Input) (Decision, State) {
 		d.To, next.Ladder = next.Ladder[n-1], next.Ladder[:n-1]
 	}
 	return done(StepBack, ReasonRegression, "%s", why)
+}
+
+// significantZ is the one-sided 95% quantile of the normal distribution.
+const significantZ = 1.645
+
+// excessZ is the z statistic of Kata's failure rate exceeding hyperd's by
+// more than bound (two proportions, normal approximation). With no
+// variance on either side (rates of 0 or 1) the observed excess is taken
+// as certain.
+func excessZ(kr float64, kn int, hr float64, hn int, bound float64) float64 {
+	excess := kr - hr - bound
+	se := math.Sqrt(kr*(1-kr)/float64(kn) + hr*(1-hr)/float64(hn))
+	if se == 0 {
+		if excess > 0 {
+			return math.Inf(1)
+		}
+		return 0
+	}
+	return excess / se
 }
 
 // roundPercent keeps percentages on basis points, so repeated steps do not
