@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -98,28 +97,7 @@ func deployedIdentity(t *testing.T) identity {
 }
 
 // daemonBinary builds queue-worker once per test binary.
-var daemonBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "qw-deploy-bin-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "queue-worker")
-	out, err := exec.Command("go", "build", "-o", bin, "../cmd/queue-worker").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("building queue-worker: %w\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+var daemonBinary = sync.OnceValues(func() (string, error) { return testbed.BuildDaemon("../cmd/queue-worker") })
 
 // runningDaemon is a queue-worker process started by a test.
 type runningDaemon struct {
@@ -140,7 +118,7 @@ func startDaemon(t *testing.T, overlay string, env map[string]string) runningDae
 	if err := os.WriteFile(overlayPath, []byte(overlay), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := testbed.FreePort(t)
 	d := runningDaemon{url: "http://127.0.0.1:" + strconv.Itoa(port), log: filepath.Join(dir, "daemon.log")}
 	logf, err := os.Create(d.log)
 	if err != nil {

@@ -99,7 +99,7 @@ func TestAutopilotCommand_ExplainShowsTheShareAndControlsSetIt(t *testing.T) {
 
 // Redis unreachable: explain says so and shows the configured weight.
 func TestAutopilotCommand_ExplainWithoutRedisShowsTheConfiguredWeight(t *testing.T) {
-	overlay := fmt.Sprintf("queue: {redisConnection: {host: 127.0.0.1, port: %d}, operationTimeout: 1s}\n", freePort(t)) +
+	overlay := fmt.Sprintf("queue: {redisConnection: {host: 127.0.0.1, port: %d}, operationTimeout: 1s}\n", testbed.FreePort(t)) +
 		"executor: {k8s: {weightage: 20}}\nrouting: {autopilot: {enabled: true}}\n"
 	out, errOut, code := explain(t, overlay, "", "--build-id", "43", "--job-id", "678", "--image", "node:18")
 	if code != 0 || !strings.Contains(out, "(20.00% to Kata") || !strings.Contains(errOut, "the autopilot is on but its state could not be read") {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,34 +26,13 @@ import (
 )
 
 // daemonBinary builds queue-worker once per test binary.
-var daemonBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "qw-bin-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "queue-worker")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("building queue-worker: %v\n%s", err, out)
-	}
-	return bin, nil
-})
+var daemonBinary = sync.OnceValues(func() (string, error) { return testbed.BuildDaemon(".") })
 
 // daemon is one queue-worker process.
 type daemon struct {
 	cmd  *exec.Cmd
 	port int
 	log  string
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // startDaemon runs the real binary with env on top of a minimal
@@ -65,7 +43,7 @@ func startDaemon(t *testing.T, name string, env map[string]string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{port: freePort(t), log: filepath.Join(t.TempDir(), name+".log")}
+	d := &daemon{port: testbed.FreePort(t), log: filepath.Join(t.TempDir(), name+".log")}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		t.Fatal(err)
