@@ -41,6 +41,15 @@ type qsOp struct {
 	Job    int64          `json:"job"`
 }
 
+// blockedBy is the build's blockedBy list: queue-service's default is the
+// job itself.
+func (b QSBuild) blockedBy() []int64 {
+	if b.BlockedBy == nil {
+		return []int64{b.JobID}
+	}
+	return b.BlockedBy
+}
+
 // Start does what queue-service's start does for each build: the full
 // build config into <prefix>buildConfigs (blockedBy as an array), then an
 // ids-only start job whose blockedBy is the comma-joined string.
@@ -48,10 +57,7 @@ func (q QueueService) Start(t testing.TB, builds ...QSBuild) {
 	t.Helper()
 	ops := make([]qsOp, 0, len(builds))
 	for _, b := range builds {
-		by := b.BlockedBy
-		if by == nil {
-			by = []int64{b.JobID}
-		}
+		by := b.blockedBy()
 		image := b.Container
 		if image == "" {
 			image = "node:18"
@@ -78,10 +84,7 @@ func (q QueueService) Stop(t testing.TB, builds ...QSBuild) {
 	t.Helper()
 	ops := make([]qsOp, 0, len(builds))
 	for _, b := range builds {
-		by := b.BlockedBy
-		if by == nil {
-			by = []int64{b.JobID}
-		}
+		by := b.blockedBy()
 		ops = append(ops, qsOp{Op: "stop", Build: b.BuildID, Job: b.JobID, Args: map[string]any{"blockedBy": joinIDs(by)}})
 	}
 	q.run(t, ops)
