@@ -804,10 +804,14 @@ func (c *Consumer) sinceBeat() time.Duration {
 	return time.Since(c.epoch) - time.Duration(c.lastBeat.Load())
 }
 
+// fenceAfter is how old the last confirmed heartbeat may get before the
+// leases are no longer trusted: the lease minus the fence margin.
+func (c *Consumer) fenceAfter() time.Duration { return c.opts.LeaseDuration - c.opts.FenceMargin }
+
 // stale says the leases may run out before the next job could start: the
-// last confirmed heartbeat is older than the lease minus the fence margin.
+// last confirmed heartbeat is older than fenceAfter.
 func (c *Consumer) stale() bool {
-	return c.sinceBeat() >= c.opts.LeaseDuration-c.opts.FenceMargin
+	return c.sinceBeat() >= c.fenceAfter()
 }
 
 // fenceLoop cancels every job in progress, and keeps them from settling,
@@ -815,7 +819,7 @@ func (c *Consumer) stale() bool {
 // (but not from Kubernetes) must not act on jobs a recoverer is handing to
 // another replica.
 func (c *Consumer) fenceLoop(ctx context.Context) {
-	t := time.NewTimer(c.opts.LeaseDuration - c.opts.FenceMargin)
+	t := time.NewTimer(c.fenceAfter())
 	defer t.Stop()
 	for {
 		select {
@@ -823,7 +827,7 @@ func (c *Consumer) fenceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if wait := c.opts.LeaseDuration - c.opts.FenceMargin - c.sinceBeat(); wait > 0 {
+		if wait := c.fenceAfter() - c.sinceBeat(); wait > 0 {
 			t.Reset(wait)
 			continue
 		}
