@@ -111,18 +111,13 @@ func (a *Autopilot) Apply(s Settings) {
 
 func (a *Autopilot) current() Settings { return *a.settings.Load() }
 
-// floor is the configured Kata share; ok is false without a weighted rule.
-func (a *Autopilot) floor() (base *weightage.Rules, floor float64, ok bool) {
-	base = a.deps.Rules.Current()
-	return base, base.KataPercent(), base.Weighted
-}
-
-// percent is the share in force: the pin, or the state's within [floor,
-// max]; ok is false when the autopilot is off (or has nothing to steer).
-func (a *Autopilot) percent() (pct float64, mode string, ok bool) {
+// percent is the share in force over the configured rules base: the pin,
+// or the state's within [floor, max]; ok is false when the autopilot is
+// off (or base has no weight to steer).
+func (a *Autopilot) percent(base *weightage.Rules) (pct float64, mode string, ok bool) {
 	s := a.current()
-	_, floor, weighted := a.floor()
-	if !s.Enabled || !weighted {
+	floor := base.KataPercent()
+	if !s.Enabled || !base.Weighted {
 		return 0, "", false
 	}
 	snap := a.snap.Load()
@@ -139,8 +134,8 @@ func (a *Autopilot) percent() (pct float64, mode string, ok bool) {
 
 // Current returns the rules to route with.
 func (a *Autopilot) Current() *weightage.Rules {
-	base := a.deps.Rules.Current()
-	pct, _, ok := a.percent()
+	base := a.deps.Rules.Current() // one rule set for the share and the copy
+	pct, _, ok := a.percent(base)
 	if !ok {
 		return base
 	}
@@ -160,7 +155,7 @@ var _ routing.AutopilotStatus = (*Autopilot)(nil)
 
 // AutopilotView says where the autopilot stands (nil when off).
 func (a *Autopilot) AutopilotView() *routing.AutopilotView {
-	pct, mode, ok := a.percent()
+	pct, mode, ok := a.percent(a.deps.Rules.Current())
 	if !ok {
 		return nil
 	}
@@ -243,7 +238,7 @@ func (a *Autopilot) publish() {
 	// the gauges end on the latest view.
 	a.publishMu.Lock()
 	defer a.publishMu.Unlock()
-	pct, _, ok := a.percent()
+	pct, _, ok := a.percent(a.deps.Rules.Current())
 	if !ok {
 		a.m.Percent.Set(-1)
 		a.m.Paused.Set(0)
@@ -264,7 +259,8 @@ func b2f(b bool) float64 {
 }
 
 // Run rereads the shared state every Refresh until ctx is done, on every
-// replica, so all route with the same share within Refresh of a change.
+// replica, so all route with the same share within Refresh of a change
+// (the first read is the caller's Load, before taking jobs).
 // (Redis has nothing to watch a key with that every deployment enables;
 // one HMGET per Refresh per replica is the cost.) A failed read keeps the
 // last share read: falling back to the floor would move promoted jobs back
@@ -273,13 +269,13 @@ func (a *Autopilot) Run(ctx context.Context) {
 	t := time.NewTicker(a.opts.Refresh)
 	defer t.Stop()
 	for {
-		if a.current().Enabled {
-			_ = a.Load(ctx)
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if a.current().Enabled {
+			_ = a.Load(ctx)
 		}
 	}
 }
@@ -350,8 +346,9 @@ const evaluateRetry = 10 * time.Second
 // evaluate takes one decision on the window so far and commits it;
 // decided is false when, read afresh, no decision was due after all.
 func (a *Autopilot) evaluate(ctx context.Context, s Settings, breakers map[string]bool) (decided bool, err error) {
-	_, floor, weighted := a.floor()
-	if !weighted {
+	base := a.deps.Rules.Current()
+	floor := base.KataPercent()
+	if !base.Weighted {
 		a.deps.Window.Reset(time.Now())
 		return false, errors.New("no weighted rule (executor.k8s.weightage unset): nothing to steer")
 	}
